@@ -1,0 +1,20 @@
+# Hugging Face model folders -> GGUF files for llama.cpp, one per CECAIServe pair.
+# Rules are split by stage under rules/; the logic they call lives in scripts/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "configurations/converter_args.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/toolchain.smk"
+include: "rules/convert.smk"
+include: "rules/quantize.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        default_targets(),

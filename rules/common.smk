@@ -1,0 +1,134 @@
+# Configuration loading and validation, wildcard constraints and input functions. No rules here.
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
+import llama_toolchain
+import pipeline
+from pipeline import ConfigError
+
+CONFIG_FILE = "configurations/converter_args.yaml"
+CONFIG_DIR = os.path.dirname(CONFIG_FILE)
+SCHEMAS = os.path.join(workflow.basedir, "rules", "schemas")
+SCRIPTS = os.path.join(workflow.basedir, "scripts")
+
+
+def validated(data, schema, path):
+    """snakemake.utils.validate, with the file named in the error."""
+    try:
+        validate(data, os.path.join(SCHEMAS, schema), set_default=True)
+    except WorkflowError as e:
+        raise WorkflowError(f"{path} is invalid:\n{e}") from None
+    return data
+
+
+validated(config, "converter_args.schema.yaml", CONFIG_FILE)
+MODELS = config["MODELS_DIR"].rstrip("/")
+OUT = config["OUTPUTS_DIR"].rstrip("/")
+LOGS = f"{OUT}/logs"
+# The workflow's own interpreter, so the converter finds its packages even in an unactivated venv;
+# under --sdm conda, the env's python.
+PYTHON = "python" if "conda" in str(workflow.deployment_settings.deployment_method) else sys.executable
+
+
+def load_pairs():
+    """{pair: validated YAML} for the llama.cpp pairs; the other frameworks' pairs are listed apart."""
+    llama, direct = {}, []
+    for pair in pipeline.list_pairs(CONFIG_DIR):
+        fw = pipeline.framework(pair)
+        if fw in pipeline.DIRECT_FRAMEWORKS:
+            direct.append(pair)
+            continue
+        path = pipeline.pair_yaml(CONFIG_DIR, pair)
+        if fw != pipeline.LLAMA_FRAMEWORK:
+            raise WorkflowError(
+                f"{CONFIG_DIR}/{pair}/: unknown framework {fw!r}. Pairs are <HARDWARE>_<TASK>_<FRAMEWORK>, "
+                f"and this workflow builds GGUFs for *_LLAMA pairs"
+            )
+        try:
+            data = validated(pipeline.load_yaml(path), "pair.schema.yaml", path)
+            pipeline.canonical_precision(data["PRECISION"], f"{path}: field PRECISION")
+        except ConfigError as e:
+            raise WorkflowError(str(e)) from None
+        llama[pair] = data
+    return llama, direct
+
+
+PAIRS, DIRECT_PAIRS = load_pairs()
+
+
+wildcard_constraints:
+    pair="[A-Z][A-Z0-9_]*",
+    model="[A-Za-z0-9][A-Za-z0-9._-]*",
+    precision="[A-Za-z0-9_]+",
+
+
+def default_targets():
+    """rule all: every llama.cpp pair's GGUF for MODEL_NAME."""
+    model = config["MODEL_NAME"]
+    for pair in DIRECT_PAIRS:
+        print(pipeline.direct_framework_message(pair, MODELS, model), file=sys.stderr)
+    return [f"{OUT}/{pair}/{model}-{cfg['PRECISION']}.gguf" for pair, cfg in PAIRS.items()]
+
+
+# --- the llama.cpp toolchain ------------------------------------------------------------------------
+LLAMA_QUANTIZE = os.environ.get("LLAMA_QUANTIZE") or config["LLAMA_QUANTIZE"]
+TOOLCHAIN = f"{OUT}/toolchain/llama.cpp-{llama_toolchain.build_key(config['LLAMA_CPP_NATIVE'])}"
+
+
+def llama_quantize():
+    """An existing binary when configured, else the one the toolchain rule builds."""
+    if LLAMA_QUANTIZE:
+        if not (os.path.isfile(LLAMA_QUANTIZE) and os.access(LLAMA_QUANTIZE, os.X_OK)):
+            raise WorkflowError(
+                f"LLAMA_QUANTIZE={LLAMA_QUANTIZE} is not an executable file. Fix the path, or unset it "
+                f"(environment and {CONFIG_FILE}) to build llama.cpp"
+            )
+        return LLAMA_QUANTIZE
+    return f"{TOOLCHAIN}/bin/llama-quantize"
+
+
+# --- input functions --------------------------------------------------------------------------------
+def check(fn, *args):
+    try:
+        return fn(*args)
+    except ConfigError as e:
+        raise WorkflowError(str(e)) from None
+
+
+def model_inputs(wildcards):
+    return check(pipeline.model_files, MODELS, wildcards.model)
+
+
+def intermediate(model, ftype):
+    return f"{OUT}/intermediate/{model}-{ftype}.gguf"
+
+
+def pair_output_inputs(wildcards):
+    """The converted GGUF a pair's output is made from, plus llama-quantize when it must quantize."""
+    pair, target = wildcards.pair, f"{OUT}/{wildcards.pair}/{wildcards.model}-{wildcards.precision}.gguf"
+    if pair in DIRECT_PAIRS:
+        raise WorkflowError(pipeline.direct_framework_message(pair, MODELS, wildcards.model))
+    if pair not in PAIRS:
+        raise WorkflowError(
+            f"{target}: there is no pair {pair} ({CONFIG_DIR}/{pair}/ does not exist). "
+            f"Configured pairs: {', '.join(PAIRS) or '(none)'}"
+        )
+    check(pipeline.check_buildable, wildcards.precision, target)
+    precision = pipeline.canonical_precision(wildcards.precision)
+    check(pipeline.model_files, MODELS, wildcards.model)
+    if precision in pipeline.DIRECT_PRECISIONS:
+        return {"gguf": intermediate(wildcards.model, precision)}
+    ftype = pipeline.intermediate_type(MODELS, wildcards.model, config["INTERMEDIATE_TYPE"])
+    return {"gguf": intermediate(wildcards.model, ftype), "tool": llama_quantize()}
+
+
+def converter_sources():
+    """The converter's code is an input of every conversion: editing it reconverts."""
+    root = os.path.join(SCRIPTS, "hf2gguf")
+    return sorted(
+        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".py")
+    ) + [os.path.join(SCRIPTS, "convert.py")]

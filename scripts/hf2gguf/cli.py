@@ -1,0 +1,31 @@
+"""python scripts/convert.py MODEL_DIR -o OUT.gguf [--outtype auto|F32|F16|BF16|Q8_0]"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .architectures import REGISTRY
+from .convert import OUTTYPES, convert
+from .errors import ConversionError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="convert.py",
+        description="Convert a Hugging Face model folder (config.json, *.safetensors, tokenizer files) to GGUF. "
+                    "Pure Python: no torch, no transformers; pickle weights are refused.",
+        epilog=f"Supported architectures: {', '.join(sorted(REGISTRY))}.")
+    p.add_argument("model_dir", help="the Hugging Face model folder")
+    p.add_argument("-o", "--output", required=True, help="the GGUF file to write (written atomically)")
+    p.add_argument("--outtype", default="auto", choices=["auto", *OUTTYPES],
+                   help="tensor type of the weights; auto = BF16 for bf16 checkpoints, else F16 (default: auto)")
+    p.add_argument("--name", help="general.name (default: the model folder's name)")
+    p.add_argument("--version", action="version", version=f"hf2gguf {__version__}")
+    a = p.parse_args(argv)
+    try:
+        convert(a.model_dir, a.output, a.outtype, a.name)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

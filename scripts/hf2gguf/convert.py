@@ -1,0 +1,107 @@
+"""Convert a Hugging Face model folder to one GGUF file, streaming one tensor at a time."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from math import prod
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from .architectures import TensorPlan, architecture_for
+from .errors import ConversionError
+from .peek import full_precision_type
+from .source import ModelFolder
+
+Q = gguf.GGMLQuantizationType
+OUTTYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0}
+FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
+              Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
+ALWAYS_F32 = ("position_embd.weight",)
+
+
+def tensor_type(plan: TensorPlan, outtype: Q, say=None) -> Q:
+    """Norms, biases, other 1-D tensors and the position embedding stay F32; rows that do not fit the
+    block size of a quantized type fall back to F16."""
+    if len(plan.shape) <= 1 or plan.name.endswith("_norm.weight") or plan.name in ALWAYS_F32:
+        return Q.F32
+    block, _ = gguf.GGML_QUANT_SIZES[outtype]
+    if plan.shape[-1] % block:
+        if say:
+            say(f"{plan.name}: row width {plan.shape[-1]} is not a multiple of {block}; writing F16 instead of "
+                f"{outtype.name}")
+        return Q.F16
+    return outtype
+
+
+def nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return prod(shape) // block * size
+
+
+def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
+    """Source data (BF16 as uint16 bits) -> the bytes of qtype."""
+    if (src_dtype, qtype) in (("F32", Q.F32), ("F16", Q.F16), ("BF16", Q.BF16)):
+        return np.ascontiguousarray(array)  # bit-exact copy
+    if src_dtype == "BF16":
+        f32 = (array.astype(np.uint32) << 16).view(np.float32)
+    else:
+        f32 = array.astype(np.float32)
+    return gguf.quants.quantize(np.ascontiguousarray(f32), qtype)
+
+
+def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name: str | None = None,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> Path:
+    """Writes out atomically: a temporary file beside it, renamed when complete."""
+    start = time.monotonic()
+    model = ModelFolder(model_dir)
+    arch = architecture_for(model)
+    if outtype == "auto":
+        outtype = full_precision_type(model.path)
+    if outtype not in OUTTYPES:
+        raise ConversionError(out, f"unknown output type {outtype!r}", f"use one of auto, {', '.join(OUTTYPES)}")
+    qtype = OUTTYPES[outtype]
+    plans = arch.plan()
+    embd = next((p for p in plans if p.name == "token_embd.weight"), None)
+    if embd is None:
+        raise ConversionError(model.path, "has no token embedding tensor", "check that the weights are complete")
+    vocab = arch.vocab(n_vocab=embd.shape[0])
+    types = [tensor_type(p, qtype, log) for p in plans]
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run
+        stale.unlink()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    log(f"converting {model.path} ({arch.arch_name}, {len(plans)} tensors) to {outtype}: {out}")
+    try:
+        w = gguf.GGUFWriter(tmp, arch.arch_name)
+        # every KV is a pure function of the inputs: no dates, no absolute paths
+        w.add_name(name or model.path.name)
+        arch.set_kv(w)
+        w.add_file_type(FILE_TYPES[qtype])
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        vocab.write(w)
+        for p, t in zip(plans, types):
+            w.add_tensor_info(p.name, p.shape, np.float32, nbytes(p.shape, t), raw_dtype=t)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        width = len(str(len(plans)))
+        for i, (p, t) in enumerate(zip(plans, types), 1):
+            src = model.tensors[p.source]
+            data = model.load(p.source)
+            if p.transform:
+                data = p.transform(data)
+            w.write_tensor_data(encode(data, src.dtype, t))
+            log(f"[{i:{width}}/{len(plans)}] {p.name:<32} {src.dtype:>4} -> {t.name:<5} {list(p.shape)}")
+        w.close()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    size = out.stat().st_size
+    log(f"wrote {out} ({size / 2**20:.1f} MiB) in {time.monotonic() - start:.1f} s")
+    return out

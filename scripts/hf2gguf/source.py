@@ -1,0 +1,117 @@
+"""Reading a Hugging Face model folder: config.json and safetensors weights, one tensor at a time.
+
+Weights are memory-mapped, never loaded whole. Pickle checkpoints (*.bin, *.pt, *.ckpt) are refused:
+loading them runs arbitrary code.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf.utility import SafetensorsLocal
+from safetensors import safe_open
+
+from .errors import ConversionError
+
+INDEX_NAME = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# safetensors dtype -> numpy dtype of the raw data. BF16 has no numpy dtype: its bits are read as uint16.
+DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+
+
+def read_json(path: Path, what: str = "JSON") -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConversionError(path, "is missing", f"put the model's {path.name} there") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(path, f"is not valid {what} ({e})", "re-download the file") from None
+    if not isinstance(data, dict):
+        raise ConversionError(path, f"must hold a JSON object, not {type(data).__name__}", "re-download the file")
+    return data
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors dtype name: F32, F16, BF16, ...
+    shape: tuple[int, ...]
+    shard: Path
+    offset: int  # absolute byte offset in the shard
+    nbytes: int
+
+
+class ModelFolder:
+    """A Hugging Face model folder, indexed without reading any tensor data."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ConversionError(self.path, "is not a folder", "pass the path of a Hugging Face model folder")
+        self.config = read_json(self.path / "config.json")
+        self.tensors: dict[str, TensorInfo] = {}
+        for shard in self._shards():
+            self._index_shard(shard)
+        self._maps: dict[Path, np.memmap] = {}
+
+    def _shards(self) -> list[Path]:
+        index = self.path / INDEX_NAME
+        if index.exists():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ConversionError(index, "has no 'weight_map'", "re-download the index file")
+            shards = sorted(set(weight_map.values()))
+            for s in shards:
+                if not (self.path / s).is_file():
+                    raise ConversionError(self.path / s, f"is named in {INDEX_NAME} but missing",
+                                          "download every shard listed in the index")
+            self._weight_map = weight_map
+            return [self.path / s for s in shards]
+        self._weight_map = None
+        shards = sorted(self.path.glob("*.safetensors"))
+        if shards:
+            return shards
+        pickles = sorted(p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise ConversionError(
+                self.path, f"has only pickle weights ({', '.join(pickles)}), which are never loaded here: "
+                "unpickling runs arbitrary code from the file",
+                "convert them to safetensors on a trusted machine (transformers: "
+                "model.save_pretrained(dir, safe_serialization=True)), or download the repo's *.safetensors")
+        raise ConversionError(self.path, "has no weights (*.safetensors)", "download the model's *.safetensors files")
+
+    def _index_shard(self, shard: Path) -> None:
+        try:  # the safetensors library validates the header: offsets, overlaps, file size
+            with safe_open(shard, framework="numpy"):
+                pass
+            local = SafetensorsLocal(shard)
+        except Exception as e:  # noqa: BLE001 - any failure here means a broken file
+            raise ConversionError(shard, f"is not a valid safetensors file ({e})",
+                                  "re-download it; it may be truncated or corrupt") from None
+        for name, t in local.tensors.items():
+            if self._weight_map is not None and self._weight_map.get(name) not in (None, shard.name):
+                continue
+            if name in self.tensors:
+                raise ConversionError(shard, f"repeats tensor {name!r} from {self.tensors[name].shard.name}",
+                                      "remove the duplicate shard")
+            self.tensors[name] = TensorInfo(name, t.dtype, tuple(t.shape), shard, t.data_range.offset,
+                                            t.data_range.size)
+        if self._weight_map is not None:
+            for name, file in self._weight_map.items():
+                if file == shard.name and name not in self.tensors:
+                    raise ConversionError(shard, f"lacks tensor {name!r}, which {INDEX_NAME} places there",
+                                          "re-download the shard")
+
+    def load(self, name: str) -> np.ndarray:
+        """The tensor as a read-only memory-mapped array. BF16 comes back as its uint16 bits."""
+        t = self.tensors[name]
+        if t.dtype not in DTYPES:
+            raise ConversionError(t.shard, f"tensor {name!r} has dtype {t.dtype}, which cannot be converted",
+                                  f"supported weight dtypes are {', '.join(DTYPES)}")
+        if t.shard not in self._maps:
+            self._maps[t.shard] = np.memmap(t.shard, mode="r", dtype=np.uint8)
+        raw = self._maps[t.shard][t.offset:t.offset + t.nbytes]
+        return raw.view(DTYPES[t.dtype]).reshape(t.shape)

@@ -1,0 +1,105 @@
+"""Workflow logic that the rules call: precisions, pairs, configuration files and model folders.
+
+Imported by rules/common.smk at parse time, so it uses the standard library and PyYAML only and does no
+work beyond reading a few small files: a no-op rerun must stay fast.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from hf2gguf.peek import full_precision_type
+
+# Written by our converter directly (no llama-quantize).
+DIRECT_PRECISIONS = ("F32", "F16", "BF16", "Q8_0")
+# Made by llama-quantize from the model's full-precision intermediate.
+QUANTIZED_PRECISIONS = (
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+    "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
+    "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
+    "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0",
+)
+SYNONYMS = {"FP16": "F16"}  # the CECAIServe seed writes FP16
+PRECISIONS = DIRECT_PRECISIONS + QUANTIZED_PRECISIONS + tuple(SYNONYMS)
+# llama-quantize refuses these without an importance matrix (llama-quant.cpp, tensor_requires_imatrix).
+NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S")
+INTERMEDIATE_TYPES = ("F32", "F16", "BF16")
+
+# Pairs are <HARDWARE>_<TASK>_<FRAMEWORK>. Only llama.cpp pairs are converted here.
+LLAMA_FRAMEWORK = "LLAMA"
+DIRECT_FRAMEWORKS = {"TRF": "Transformers", "VLLM": "vLLM", "TRT": "TensorRT-LLM"}
+
+
+class ConfigError(ValueError):
+    """A problem in the user's configuration; the message names the file and the fix."""
+
+
+def canonical_precision(precision: str, where: str = "the target") -> str:
+    """FP16 -> F16; anything llama-quantize cannot make is refused, listing the valid names."""
+    if precision in SYNONYMS:
+        return SYNONYMS[precision]
+    if precision in PRECISIONS:
+        return precision
+    if precision.upper() in PRECISIONS:
+        raise ConfigError(f"{where}: precision {precision!r} must be upper case: use {precision.upper()!r}")
+    raise ConfigError(f"{where}: unknown precision {precision!r}. Valid precisions: {', '.join(PRECISIONS)}")
+
+
+def check_buildable(precision: str, where: str = "the target") -> None:
+    if canonical_precision(precision, where) in NEEDS_IMATRIX:
+        raise ConfigError(
+            f"{where}: precision {precision} needs an importance matrix, which this workflow does not compute "
+            f"yet; choose another precision (for example IQ3_S, IQ4_XS or Q2_K)")
+
+
+def pair_yaml(config_dir: Path, pair: str) -> Path:
+    return Path(config_dir) / pair / f"converter_args_{pair.lower()}.yaml"
+
+
+def framework(pair: str) -> str:
+    return pair.rsplit("_", 1)[-1]
+
+
+def list_pairs(config_dir: Path) -> list[str]:
+    """Pair folders under configurations/, sorted."""
+    return sorted(e.name for e in os.scandir(config_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def direct_framework_message(pair: str, models_dir: str, model: str) -> str:
+    fw = DIRECT_FRAMEWORKS[framework(pair)]
+    return (f"{pair}: {fw} loads the Hugging Face folder {models_dir}/{model}/ directly; there is no GGUF to build "
+            f"for this pair. GGUF targets exist for the *_{LLAMA_FRAMEWORK} pairs only.")
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing. Create it with at least a PRECISION: line") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e}). Fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of FIELD: value, not a {type(data).__name__}")
+    return data
+
+
+def model_files(models_dir: str, model: str) -> list[str]:
+    """The files of a model folder that conversion reads (its inputs), sorted."""
+    folder = Path(models_dir) / model
+    if not folder.is_dir():
+        found = sorted(p.name for p in Path(models_dir).iterdir() if p.is_dir()) if Path(models_dir).is_dir() else []
+        raise ConfigError(
+            f"{folder}/: no such model folder. Place the Hugging Face folder there, or set MODEL_NAME to one of: "
+            f"{', '.join(found) or '(none: ' + models_dir + '/ is empty)'}")
+    keep = (".json", ".safetensors", ".txt", ".model", ".tiktoken")
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(keep))
+
+
+def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str:
+    """INTERMEDIATE_TYPE, with auto resolved from the safetensors headers."""
+    return full_precision_type(Path(models_dir) / model) if setting == "auto" else setting

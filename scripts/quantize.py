@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Make one pair's GGUF from the model's converted GGUF, atomically.
+
+    python scripts/quantize.py IN.gguf OUT.gguf TYPE --threads N --llama-quantize PATH
+
+With --llama-quantize, runs `llama-quantize IN TMP TYPE N` and renames TMP to OUT on success (a failed
+llama-quantize leaves a partial file, which must never look done). Without it, IN already has the wanted
+type: OUT becomes a copy of it. (Not a hard link: Snakemake touches an output no newer than its input,
+and through a shared inode that would make the input look updated.)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def temp_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
+
+
+def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run
+        stale.unlink()
+    tmp = temp_path(out)
+    try:
+        if tool:
+            cmd = [tool, str(src), str(tmp), qtype, str(threads)]
+            print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
+            res = subprocess.run(cmd)
+            if res.returncode != 0:
+                raise SystemExit(f"error: llama-quantize failed (exit code {res.returncode}) making {out} from "
+                                 f"{src}; its messages are above")
+        else:
+            print(f"{src} is already {qtype}: copying it to {out}", file=sys.stderr, flush=True)
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("type", help="llama-quantize type name, e.g. Q4_K_M")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--llama-quantize", dest="tool", default="", help="the llama-quantize binary; empty = copy")
+    a = p.parse_args(argv)
+    quantize(a.input, a.output, a.type, a.threads, a.tool or None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -200,13 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cmake-arg", action="append", default=[], help="an extra CMake flag (repeatable)")
     p.add_argument("--jobs", type=int, help="parallel compile jobs (default: CPU count)")
     p.add_argument("--print-key", action="store_true", help="print the cache key for these flags and exit")
+    p.add_argument("--fetch-sdist", action="store_true",
+                   help="download and verify the pinned sdist, print its path and exit (builds nothing)")
     a = p.parse_args(argv)
     kw = dict(native=a.native, extra=tuple(a.cmake_arg))
     if a.print_key:
         print(build_key(**kw))
         return 0
     try:
-        if a.dest:
+        if a.fetch_sdist:
+            print(fetch_sdist(cache_root()))
+        elif a.dest:
             install(a.targets, a.dest, jobs=a.jobs, **kw)
         else:
             print(build(a.targets, jobs=a.jobs, **kw))

@@ -1,0 +1,122 @@
+"""Shared fixtures: a temporary copy of the workflow, a Snakemake runner, and tiny synthetic GPT-2 folders."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+TINY = ROOT / "models" / "tiny-gpt2"
+WORKFLOW_FILES = ("Snakefile", "rules", "configurations", "models", "scripts", "profiles", "envs")
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.returncode, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        self.output = proc.stdout + proc.stderr
+
+    def jobs(self) -> dict[str, int]:
+        """Job counts per rule, from Snakemake's 'Job stats' table (empty when nothing ran)."""
+        counts: dict[str, int] = {}
+        m = re.search(r"Job stats:\n(.*?)\n\s*total", self.output, re.S)
+        if m:
+            for line in m.group(1).splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    counts[parts[0]] = int(parts[1])
+        counts.pop("all", None)
+        return counts
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> Run:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    run = Run(proc)
+    if check and run.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({run.returncode}):\n{run.output[-6000:]}")
+    return run
+
+
+@pytest.fixture
+def workflow(tmp_path) -> Path:
+    return copy_workflow(tmp_path / "wf")
+
+
+def write_safetensors(path: Path, arrays: dict[str, np.ndarray], bf16: bool = False) -> None:
+    """Writes the safetensors format directly (numpy cannot express bf16: uint16 arrays are stored as BF16)."""
+    names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint16): "BF16" if bf16 else "U16"}
+    header, offset = {}, 0
+    for name, a in arrays.items():
+        header[name] = {"dtype": names[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for a in arrays.values():
+            f.write(np.ascontiguousarray(a).tobytes())
+
+
+def make_gpt2(folder: Path, *, n_embd=64, n_layer=2, n_head=2, n_positions=64, vocab_rows=1024,
+              dtype="F16", prefix="", tie=True, shards=1, config_extra=None, drop_config=(), seed=0) -> Path:
+    """A small random GPT-2 folder with tiny-gpt2's tokenizer; dtype F32, F16 or BF16."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        shutil.copy(TINY / f, folder / f)
+    t = {"wte.weight": (vocab_rows, n_embd), "wpe.weight": (n_positions, n_embd), "ln_f.weight": (n_embd,),
+         "ln_f.bias": (n_embd,)}
+    for i in range(n_layer):
+        p = f"h.{i}."
+        t |= {p + "ln_1.weight": (n_embd,), p + "ln_1.bias": (n_embd,), p + "ln_2.weight": (n_embd,),
+              p + "ln_2.bias": (n_embd,), p + "attn.c_attn.weight": (n_embd, 3 * n_embd),
+              p + "attn.c_attn.bias": (3 * n_embd,), p + "attn.c_proj.weight": (n_embd, n_embd),
+              p + "attn.c_proj.bias": (n_embd,), p + "mlp.c_fc.weight": (n_embd, 4 * n_embd),
+              p + "mlp.c_fc.bias": (4 * n_embd,), p + "mlp.c_proj.weight": (4 * n_embd, n_embd),
+              p + "mlp.c_proj.bias": (n_embd,), p + "attn.bias": (1, 1, n_positions, n_positions)}
+    if not tie:
+        t["lm_head.weight"] = (vocab_rows, n_embd)
+    arrays = {}
+    for name, shape in t.items():
+        a = rng.standard_normal(shape).astype(np.float32) * 0.1
+        if dtype == "F16":
+            a = a.astype(np.float16)
+        elif dtype == "BF16":
+            a = (a.view(np.uint32) >> 16).astype(np.uint16)
+        arrays[prefix + name] = a
+    names = sorted(arrays)
+    groups = [names[i::shards] for i in range(shards)]
+    weight_map = {}
+    for k, group in enumerate(groups):
+        fname = "model.safetensors" if shards == 1 else f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        write_safetensors(folder / fname, {n: arrays[n] for n in group}, bf16=dtype == "BF16")
+        weight_map |= {n: fname for n in group}
+    if shards > 1:
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": n_embd, "n_layer": n_layer,
+              "n_head": n_head, "n_positions": n_positions, "n_ctx": n_positions, "vocab_size": vocab_rows,
+              "layer_norm_epsilon": 1e-5, "bos_token_id": 999, "eos_token_id": 999, "tie_word_embeddings": tie}
+    config |= config_extra or {}
+    for k in drop_config:
+        config.pop(k, None)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

@@ -75,7 +75,7 @@ def build_weights(seed: int) -> dict[str, np.ndarray]:
     def norm(n):  # visibly not 1
         return (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float16)
 
-    t = {"wte.weight": normal(0.3, VOCAB_SIZE, N_EMBD), "wpe.weight": normal(0.1, N_POSITIONS, N_EMBD)}
+    t = {"wte.weight": normal(0.06, VOCAB_SIZE, N_EMBD), "wpe.weight": normal(0.1, N_POSITIONS, N_EMBD)}
     mask = np.tril(np.ones((N_POSITIONS, N_POSITIONS), dtype=np.float16))[None, None]
     for i in range(N_LAYER):
         p = f"h.{i}."

@@ -23,8 +23,9 @@ QUANTIZED_PRECISIONS = (
 )
 SYNONYMS = {"FP16": "F16"}  # the CECAIServe seed writes FP16
 PRECISIONS = DIRECT_PRECISIONS + QUANTIZED_PRECISIONS + tuple(SYNONYMS)
-# llama-quantize refuses these without an importance matrix (llama-quant.cpp, tensor_requires_imatrix).
-NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S")
+# llama-quantize refuses these without an importance matrix (llama-quant.cpp, tensor_requires_imatrix;
+# checked against b11312 on tiny-gpt2).
+NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S")
 INTERMEDIATE_TYPES = ("F32", "F16", "BF16")
 
 # Pairs are <HARDWARE>_<TASK>_<FRAMEWORK>. Only llama.cpp pairs are converted here.
@@ -94,7 +95,7 @@ def model_files(models_dir: str, model: str) -> list[str]:
     if not folder.is_dir():
         found = sorted(p.name for p in Path(models_dir).iterdir() if p.is_dir()) if Path(models_dir).is_dir() else []
         raise ConfigError(
-            f"{folder}/: no such model folder. Place the Hugging Face folder there, or set MODEL_NAME to one of: "
+            f"{folder}/: no such model folder. Place the Hugging Face model folder there. Existing model folders: "
             f"{', '.join(found) or '(none: ' + models_dir + '/ is empty)'}")
     keep = (".json", ".safetensors", ".txt", ".model", ".tiktoken")
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(keep))

@@ -1,4 +1,5 @@
 # Configuration loading and validation, wildcard constraints and input functions. No rules here.
+import hashlib
 import os
 import sys
 
@@ -29,9 +30,6 @@ validated(config, "converter_args.schema.yaml", CONFIG_FILE)
 MODELS = config["MODELS_DIR"].rstrip("/")
 OUT = config["OUTPUTS_DIR"].rstrip("/")
 LOGS = f"{OUT}/logs"
-# The workflow's own interpreter, so the converter finds its packages even in an unactivated venv;
-# under --sdm conda, the env's python.
-PYTHON = "python" if "conda" in str(workflow.deployment_settings.deployment_method) else sys.executable
 
 
 def load_pairs():
@@ -67,16 +65,20 @@ wildcard_constraints:
 
 
 def default_targets():
-    """rule all: every llama.cpp pair's GGUF for MODEL_NAME."""
+    """The default target: every llama.cpp pair's GGUF for MODEL_NAME."""
     model = config["MODEL_NAME"]
     for pair in DIRECT_PAIRS:
         print(pipeline.direct_framework_message(pair, MODELS, model), file=sys.stderr)
-    return [f"{OUT}/{pair}/{model}-{cfg['PRECISION']}.gguf" for pair, cfg in PAIRS.items()]
+    return [
+        f"{OUT}/{pair}/{model}-{cfg['PRECISION']}.gguf" for pair, cfg in PAIRS.items()
+    ]
 
 
 # --- the llama.cpp toolchain ------------------------------------------------------------------------
 LLAMA_QUANTIZE = os.environ.get("LLAMA_QUANTIZE") or config["LLAMA_QUANTIZE"]
-TOOLCHAIN = f"{OUT}/toolchain/llama.cpp-{llama_toolchain.build_key(config['LLAMA_CPP_NATIVE'])}"
+TOOLCHAIN = (
+    f"{OUT}/toolchain/llama.cpp-{llama_toolchain.build_key(config['LLAMA_CPP_NATIVE'])}"
+)
 
 
 def llama_quantize():
@@ -109,9 +111,14 @@ def intermediate(model, ftype):
 
 def pair_output_inputs(wildcards):
     """The converted GGUF a pair's output is made from, plus llama-quantize when it must quantize."""
-    pair, target = wildcards.pair, f"{OUT}/{wildcards.pair}/{wildcards.model}-{wildcards.precision}.gguf"
+    pair, target = (
+        wildcards.pair,
+        f"{OUT}/{wildcards.pair}/{wildcards.model}-{wildcards.precision}.gguf",
+    )
     if pair in DIRECT_PAIRS:
-        raise WorkflowError(pipeline.direct_framework_message(pair, MODELS, wildcards.model))
+        raise WorkflowError(
+            pipeline.direct_framework_message(pair, MODELS, wildcards.model)
+        )
     if pair not in PAIRS:
         raise WorkflowError(
             f"{target}: there is no pair {pair} ({CONFIG_DIR}/{pair}/ does not exist). "
@@ -122,13 +129,22 @@ def pair_output_inputs(wildcards):
     check(pipeline.model_files, MODELS, wildcards.model)
     if precision in pipeline.DIRECT_PRECISIONS:
         return {"gguf": intermediate(wildcards.model, precision)}
-    ftype = pipeline.intermediate_type(MODELS, wildcards.model, config["INTERMEDIATE_TYPE"])
+    ftype = pipeline.intermediate_type(
+        MODELS, wildcards.model, config["INTERMEDIATE_TYPE"]
+    )
     return {"gguf": intermediate(wildcards.model, ftype), "tool": llama_quantize()}
 
 
-def converter_sources():
-    """The converter's code is an input of every conversion: editing it reconverts."""
+def converter_digest():
+    """sha256 of the converter's code, a param of every conversion: editing the code reconverts (Snakemake's
+    code trigger sees only the rule's own script, not the package it imports)."""
     root = os.path.join(SCRIPTS, "hf2gguf")
-    return sorted(
-        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".py")
-    ) + [os.path.join(SCRIPTS, "convert.py")]
+    h = hashlib.sha256()
+    for d, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith(".py"):
+                h.update(os.path.relpath(os.path.join(d, f), root).encode() + b"\0")
+                with open(os.path.join(d, f), "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()

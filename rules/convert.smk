@@ -4,16 +4,17 @@
 
 rule convert:
     input:
-        model=model_inputs,
-        converter=converter_sources(),
+        model_inputs,
     output:
         f"{OUT}/intermediate/{{model}}-{{ftype}}.gguf",
-    wildcard_constraints:
-        ftype="|".join(pipeline.DIRECT_PRECISIONS),
-    params:
-        folder=lambda w: f"{MODELS}/{w.model}",
     log:
         f"{LOGS}/convert/{{model}}-{{ftype}}.log",
-    shell:
-        "{PYTHON:q} {SCRIPTS:q}/convert.py {params.folder:q} -o {output:q}"
-        " --outtype {wildcards.ftype} 2>&1 | tee {log:q}"
+    wildcard_constraints:
+        ftype="|".join(pipeline.DIRECT_PRECISIONS),
+    conda:
+        "../envs/converter.yaml"
+    params:
+        folder=lambda w: f"{MODELS}/{w.model}",
+        converter=converter_digest(),
+    script:
+        "../scripts/convert.py"

@@ -7,12 +7,12 @@ rule quantize:
         unpack(pair_output_inputs),
     output:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
-    params:
-        type=lambda w: pipeline.canonical_precision(w.precision),
-        tool=lambda w, input: input.get("tool", ""),
     log:
         f"{LOGS}/quantize/{{pair}}/{{model}}-{{precision}}.log",
+    conda:
+        "../envs/llama-cpp.yaml"
     threads: 2
-    shell:
-        "{PYTHON:q} {SCRIPTS:q}/quantize.py {input.gguf:q} {output:q} {params.type}"
-        " --threads {threads} --llama-quantize '{params.tool}' 2>&1 | tee {log:q}"
+    params:
+        type=lambda w: pipeline.canonical_precision(w.precision),
+    script:
+        "../scripts/quantize.py"

@@ -1,16 +1,17 @@
 # llama.cpp's tools, built once per machine from the pinned, checksummed sdist and cached outside the
-# working tree (scripts/llama_toolchain.py); copied here so that a new key (pin or flags) makes every
-# quantized output stale.
+# working tree (scripts/llama_toolchain.py), then copied here. The folder name is the build key (pin and
+# flags), so a new pin or new flags make every quantized output stale.
 
 
 rule llama_cpp:
     output:
         f"{TOOLCHAIN}/bin/llama-quantize",
-    params:
-        flags="--native" if config["LLAMA_CPP_NATIVE"] else "",
     log:
         f"{LOGS}/toolchain/{os.path.basename(TOOLCHAIN)}.log",
+    conda:
+        "../envs/toolchain.yaml"
     threads: workflow.cores
-    shell:
-        "{PYTHON:q} {SCRIPTS:q}/llama_toolchain.py {params.flags} --jobs {threads}"
-        " --dest $(dirname {output:q}) llama-quantize 2>&1 | tee {log:q}"
+    params:
+        native=config["LLAMA_CPP_NATIVE"],
+    script:
+        "../scripts/llama_toolchain.py"

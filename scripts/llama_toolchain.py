@@ -8,7 +8,6 @@ second clone or a CI rerun on the same machine reuses them.  A lock file seriali
 
     python scripts/llama_toolchain.py --dest outputs/toolchain/KEY/bin llama-quantize
 """
-from __future__ import annotations
 
 import argparse
 import fcntl
@@ -221,4 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if "snakemake" in globals():  # run by the llama_cpp rule's script: directive
+        from pipeline import run_logged
+
+        sm = snakemake  # noqa: F821
+        run_logged(sm.log[0], install, [Path(o).name for o in sm.output], Path(sm.output[0]).parent,
+                   native=sm.params.native, jobs=sm.threads)
+    else:
+        sys.exit(main())

@@ -104,3 +104,39 @@ def model_files(models_dir: str, model: str) -> list[str]:
 def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str:
     """INTERMEDIATE_TYPE, with auto resolved from the safetensors headers."""
     return full_precision_type(Path(models_dir) / model) if setting == "auto" else setting
+
+
+def run_logged(log_path: str, fn, *args, **kwargs) -> None:
+    """For the scripts that rules run: fn's output, and its child processes', goes to the terminal and to
+    log_path. A failure is printed into both, and the process exits 1."""
+    import subprocess
+    import sys
+    import traceback
+
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    tee = subprocess.Popen(["tee", str(log_path)], stdin=subprocess.PIPE, stdout=saved_err)
+    os.dup2(tee.stdin.fileno(), 1)
+    os.dup2(tee.stdin.fileno(), 2)
+    failed = False
+    try:
+        fn(*args, **kwargs)
+    except SystemExit as e:  # scripts exit with a message for expected failures
+        failed = e.code not in (None, 0)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    except Exception as e:  # noqa: BLE001
+        failed = True
+        user_error = type(e).__name__ in ("ConversionError", "ToolchainError", "ConfigError")
+        print(f"error: {e}" if user_error else traceback.format_exc(), file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        tee.stdin.close()
+        tee.wait()
+    if failed:
+        sys.exit(1)

@@ -8,7 +8,6 @@ llama-quantize leaves a partial file, which must never look done). Without it, I
 type: OUT becomes a copy of it. (Not a hard link: Snakemake touches an output no newer than its input,
 and through a shared inode that would make the input look updated.)
 """
-from __future__ import annotations
 
 import argparse
 import os
@@ -57,4 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if "snakemake" in globals():  # run by the quantize rule's script: directive
+        from pipeline import run_logged
+
+        sm = snakemake  # noqa: F821
+        run_logged(sm.log[0], quantize, Path(sm.input.gguf), Path(sm.output[0]), sm.params.type, sm.threads,
+                   sm.input.get("tool"))
+    else:
+        sys.exit(main())

@@ -120,3 +120,11 @@ def make_gpt2(folder: Path, *, n_embd=64, n_layer=2, n_head=2, n_positions=64, v
         config.pop(k, None)
     (folder / "config.json").write_text(json.dumps(config))
     return folder
+
+
+@pytest.fixture(scope="session")
+def llama_quantize() -> str:
+    """llama-quantize from the toolchain cache (built once per machine; minutes the first time)."""
+    import llama_toolchain
+
+    return str(llama_toolchain.build(["llama-quantize"]) / "llama-quantize")

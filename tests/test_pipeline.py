@@ -1,0 +1,91 @@
+"""Unit tests of the workflow logic in scripts/pipeline.py and scripts/quantize.py."""
+from __future__ import annotations
+
+import pytest
+from conftest import make_gpt2
+
+import pipeline
+import quantize
+from pipeline import ConfigError
+
+
+@pytest.mark.parametrize("given,canonical", [("Q4_K_M", "Q4_K_M"), ("FP16", "F16"), ("F16", "F16"),
+                                             ("IQ4_XS", "IQ4_XS"), ("TQ2_0", "TQ2_0"), ("BF16", "BF16")])
+def test_valid_precisions(given, canonical):
+    assert pipeline.canonical_precision(given) == canonical
+
+
+def test_lower_case_precision_gets_a_hint():
+    with pytest.raises(ConfigError, match="upper case: use 'Q4_K_M'"):
+        pipeline.canonical_precision("q4_k_m", "x.yaml")
+
+
+@pytest.mark.parametrize("bad", ["Q9", "F8", "", "Q4_K_M ", "COPY"])
+def test_unknown_precision_lists_the_valid_ones(bad):
+    with pytest.raises(ConfigError, match="Valid precisions: F32, F16, BF16, Q8_0, .*Q4_K_M.*FP16"):
+        pipeline.canonical_precision(bad)
+
+
+def test_imatrix_precisions_are_refused_with_a_reason():
+    with pytest.raises(ConfigError, match="importance matrix"):
+        pipeline.check_buildable("IQ2_XS")
+    pipeline.check_buildable("IQ4_XS")
+
+
+def test_missing_model_folder_lists_the_existing_ones(tmp_path):
+    models = tmp_path / "models"
+    for m in ("gpt2", "llama"):
+        (models / m).mkdir(parents=True)
+    with pytest.raises(ConfigError, match="models/nope/: no such model folder.*Existing model folders: gpt2, llama"):
+        pipeline.model_files(str(models), "nope")
+
+
+def test_model_files_are_the_conversion_inputs(tmp_path):
+    folder = make_gpt2(tmp_path / "m", shards=2)
+    (folder / "README.md").write_text("x")
+    names = [p.rsplit("/", 1)[1] for p in pipeline.model_files(str(tmp_path), "m")]
+    assert "README.md" not in names and "config.json" in names and "model.safetensors.index.json" in names
+    assert sum(n.endswith(".safetensors") for n in names) == 2
+
+
+@pytest.mark.parametrize("dtype,expected", [("BF16", "BF16"), ("F16", "F16"), ("F32", "F16")])
+def test_auto_intermediate_type(tmp_path, dtype, expected):
+    make_gpt2(tmp_path / "m", dtype=dtype)
+    assert pipeline.intermediate_type(str(tmp_path), "m") == expected
+    assert pipeline.intermediate_type(str(tmp_path), "m", "F32") == "F32"
+
+
+def test_pairs_and_frameworks(tmp_path):
+    for p in ("GPU_LLM_LLAMA", "GPU_LLM_TRF", ".hidden"):
+        (tmp_path / p).mkdir()
+    assert pipeline.list_pairs(tmp_path) == ["GPU_LLM_LLAMA", "GPU_LLM_TRF"]
+    assert pipeline.framework("AGX_ORIN_LLM_LLAMA") == "LLAMA"
+    assert "Transformers loads the Hugging Face folder models/x/ directly" in \
+        pipeline.direct_framework_message("GPU_LLM_TRF", "models", "x")
+    assert pipeline.pair_yaml(tmp_path, "GPU_LLM_LLAMA").name == "converter_args_gpu_llm_llama.yaml"
+
+
+@pytest.mark.parametrize("text,problem", [("PRECISION: [1", "not valid YAML"), ("- a\n- b", "must be a mapping")])
+def test_bad_yaml_names_the_file(tmp_path, text, problem):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"{path}: {problem}"):
+        pipeline.load_yaml(path)
+
+
+def test_quantize_failure_leaves_no_output(tmp_path):
+    src = tmp_path / "in.gguf"
+    src.write_bytes(b"not a gguf")
+    tool = tmp_path / "fake-quantize"  # behaves like llama-quantize on bad input: partial file, exit 1
+    tool.write_text("#!/bin/sh\necho partial > \"$2\"\nexit 1\n")
+    tool.chmod(0o755)
+    with pytest.raises(SystemExit, match="llama-quantize failed"):
+        quantize.quantize(src, tmp_path / "out" / "o.gguf", "Q4_0", 1, str(tool))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_direct_precision_is_copied(tmp_path):
+    src = tmp_path / "in.gguf"
+    src.write_bytes(b"GGUF...")
+    quantize.quantize(src, tmp_path / "o.gguf", "F16")
+    assert (tmp_path / "o.gguf").read_bytes() == b"GGUF..." and (tmp_path / "o.gguf").stat().st_ino != src.stat().st_ino

@@ -140,3 +140,27 @@ def run_logged(log_path: str, fn, *args, **kwargs) -> None:
         tee.wait()
     if failed:
         sys.exit(1)
+
+
+def pair_target(converter_dir: str | Path, pair: str) -> str:
+    """outputs/<PAIR>/<MODEL_NAME>-<PRECISION>.gguf for a CECAIServe Converter directory."""
+    root = Path(converter_dir)
+    general = load_yaml(root / "configurations" / "converter_args.yaml")
+    if not general.get("MODEL_NAME"):
+        raise ConfigError(f"{root}/configurations/converter_args.yaml: MODEL_NAME is missing or empty")
+    precision = load_yaml(pair_yaml(root / "configurations", pair)).get("PRECISION")
+    if not precision:
+        raise ConfigError(f"{pair_yaml(root / 'configurations', pair)}: PRECISION is missing or empty")
+    outputs = str(general.get("OUTPUTS_DIR") or "outputs").rstrip("/")
+    return f"{outputs}/{pair}/{general['MODEL_NAME']}-{precision}.gguf"
+
+
+if __name__ == "__main__":  # python scripts/pipeline.py target CONVERTER_DIR PAIR
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "target":
+        sys.exit("usage: python scripts/pipeline.py target CONVERTER_DIR PAIR")
+    try:
+        print(pair_target(sys.argv[2], sys.argv[3]))
+    except ConfigError as e:
+        sys.exit(f"error: {e}")

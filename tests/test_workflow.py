@@ -1,0 +1,193 @@
+"""Snakemake end to end, in a temporary copy of the workflow: targets, incremental rebuilds, errors, lint."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import gguf
+import llama_cpp
+import numpy as np
+import pytest
+from conftest import ROOT, copy_workflow, snakemake
+
+pytestmark = pytest.mark.workflow
+
+DEFAULT_OUTPUTS = {  # configurations/*/converter_args_*.yaml as shipped
+    "AGX_ORIN_LLM_LLAMA": ("FP16", gguf.LlamaFileType.MOSTLY_F16),
+    "ARM_LLM_LLAMA": ("Q4_0", gguf.LlamaFileType.MOSTLY_Q4_0),
+    "CPU_LLM_LLAMA": ("Q8_0", gguf.LlamaFileType.MOSTLY_Q8_0),
+    "GPU_LLM_LLAMA": ("Q4_K_M", gguf.LlamaFileType.MOSTLY_Q4_K_M),
+}
+
+
+def output(wf, pair, model="tiny-gpt2"):
+    return wf / "outputs" / pair / f"{model}-{DEFAULT_OUTPUTS[pair][0]}.gguf"
+
+
+def runs_in_llama_cpp(path) -> None:
+    m = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False)
+    m.eval([39, 695, 78, 995])
+    scores = np.array(m.scores[3])
+    assert np.isfinite(scores).all() and scores.std() > 0.1
+
+
+@pytest.fixture
+def built(workflow):
+    run = snakemake(workflow)
+    assert run.jobs() == {"llama_cpp": 1, "convert": 2, "quantize": 4}, run.output
+    return workflow
+
+
+def test_default_target_builds_every_pair_and_llama_cpp_runs_them(built):
+    for pair, (_, file_type) in DEFAULT_OUTPUTS.items():
+        path = output(built, pair)
+        assert gguf.GGUFReader(path).fields["general.file_type"].contents() == file_type, pair
+        runs_in_llama_cpp(path)
+    assert not list(built.glob("outputs/**/.*.tmp-*"))
+    assert (built / "outputs/logs/convert/tiny-gpt2-F16.log").read_text().count("wrote ") == 1
+
+
+def test_second_run_does_nothing(built):
+    run = snakemake(built)
+    assert run.jobs() == {} and "Nothing to be done" in run.output
+
+
+def test_explicit_target_for_any_pair_and_precision(workflow):
+    run = snakemake(workflow, "outputs/ARM_LLM_LLAMA/tiny-gpt2-Q5_K_M.gguf", "outputs/CPU_LLM_LLAMA/tiny-gpt2-BF16.gguf")
+    assert run.jobs() == {"llama_cpp": 1, "convert": 2, "quantize": 2}
+    reader = gguf.GGUFReader(workflow / "outputs/ARM_LLM_LLAMA/tiny-gpt2-Q5_K_M.gguf")
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q5_K_M
+    runs_in_llama_cpp(workflow / "outputs/CPU_LLM_LLAMA/tiny-gpt2-BF16.gguf")
+
+
+def test_changing_one_pairs_precision_runs_one_quantize_job(built):
+    yaml = built / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml"
+    yaml.write_text(yaml.read_text().replace("PRECISION: Q4_K_M", "PRECISION: Q5_K_M"))
+    run = snakemake(built)
+    assert run.jobs() == {"quantize": 1}
+    assert (built / "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q5_K_M.gguf").exists()
+
+
+def test_changing_a_model_file_rebuilds_that_model_only(built):
+    shutil.copytree(built / "models/tiny-gpt2", built / "models/other-gpt2")
+    other = built / "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf"
+    assert snakemake(built, str(other.relative_to(built))).jobs() == {"convert": 1, "quantize": 1}
+    before = {p: p.stat().st_mtime_ns for p in built.glob("outputs/*/other-gpt2-*.gguf")}
+    weights = built / "models/tiny-gpt2/model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0x01  # one bit of the last tensor's data
+    weights.write_bytes(bytes(raw))
+    run = snakemake(built, "all", str(other.relative_to(built)))
+    assert run.jobs() == {"convert": 2, "quantize": 4}
+    assert "other-gpt2" not in run.output.split("Job stats")[0].replace(f"{other.relative_to(built)}", "")
+    assert {p: p.stat().st_mtime_ns for p in built.glob("outputs/*/other-gpt2-*.gguf")} == before
+
+
+def test_changing_a_config_file_reconverts(built):
+    config = built / "models/tiny-gpt2/config.json"
+    config.write_text(config.read_text().replace('"layer_norm_epsilon": 1e-05', '"layer_norm_epsilon": 1e-06'))
+    run = snakemake(built)
+    assert run.jobs() == {"convert": 2, "quantize": 4}
+    eps = gguf.GGUFReader(output(built, "GPU_LLM_LLAMA")).fields["gpt2.attention.layer_norm_epsilon"].contents()
+    assert eps == pytest.approx(1e-6)
+
+
+def test_changing_the_converter_code_reconverts(built):
+    code = built / "scripts/hf2gguf/architectures/gpt2.py"
+    code.write_text(code.read_text() + "\n# a change\n")
+    run = snakemake(built, "-n")
+    assert run.jobs()["convert"] == 2
+
+
+def test_touching_a_small_input_without_changing_it_rebuilds_nothing(built):
+    os.utime(built / "models/tiny-gpt2/config.json")
+    os.utime(built / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml")
+    assert snakemake(built, "-n").jobs() == {}
+
+
+def test_new_toolchain_flags_make_quantized_outputs_stale(built):
+    cfg = built / "configurations/converter_args.yaml"
+    cfg.write_text(cfg.read_text().replace("LLAMA_CPP_NATIVE: false", "LLAMA_CPP_NATIVE: true"))
+    run = snakemake(built, "-n")
+    assert run.jobs() == {"llama_cpp": 1, "quantize": 2}  # Q4_0 and Q4_K_M; FP16 and Q8_0 need no llama-quantize
+
+
+def test_existing_llama_quantize_is_used_without_building(workflow, llama_quantize):
+    run = snakemake(workflow, "-n", env={"LLAMA_QUANTIZE": llama_quantize})
+    assert "llama_cpp" not in run.jobs() and run.jobs()["quantize"] == 4
+    bad = snakemake(workflow, "-n", check=False, env={"LLAMA_QUANTIZE": "/nonexistent/llama-quantize"})
+    assert bad.returncode != 0 and "LLAMA_QUANTIZE=/nonexistent/llama-quantize is not an executable file" in bad.output
+
+
+# --- errors: one clear message, before any job runs --------------------------------------------------------------
+def failing(wf, *args):
+    run = snakemake(wf, *args, check=False)
+    assert run.returncode != 0
+    assert not (wf / "outputs").exists() or not list((wf / "outputs").glob("*/*.gguf"))
+    return run.output
+
+
+def test_unknown_precision_is_refused_listing_the_valid_names(workflow):
+    out = failing(workflow, "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q9_K.gguf")
+    assert "unknown precision 'Q9_K'. Valid precisions: F32, F16, BF16, Q8_0" in out
+
+
+def test_lower_case_precision_is_refused_with_a_hint(workflow):
+    assert "use 'Q4_K_M'" in failing(workflow, "outputs/GPU_LLM_LLAMA/tiny-gpt2-q4_k_m.gguf")
+
+
+def test_unknown_pair_lists_the_configured_ones(workflow):
+    out = failing(workflow, "outputs/NPU_LLM_LLAMA/tiny-gpt2-Q4_0.gguf")
+    assert "no pair NPU_LLM_LLAMA" in out and "AGX_ORIN_LLM_LLAMA, ARM_LLM_LLAMA, CPU_LLM_LLAMA, GPU_LLM_LLAMA" in out
+
+
+def test_missing_model_lists_the_existing_folders(workflow):
+    cfg = workflow / "configurations/converter_args.yaml"
+    cfg.write_text(cfg.read_text().replace("MODEL_NAME: tiny-gpt2", "MODEL_NAME: llama-7b"))
+    out = failing(workflow)
+    assert "models/llama-7b/: no such model folder" in out and "Existing model folders: tiny-gpt2" in out
+
+
+def test_bad_pair_yaml_names_the_file_and_field(workflow):
+    path = "configurations/CPU_LLM_LLAMA/converter_args_cpu_llm_llama.yaml"
+    (workflow / path).write_text("PRECISION: Q4_0\nPRECISSION: Q8_0\n")
+    out = failing(workflow, "-n")
+    assert path in out and "PRECISSION" in out
+    (workflow / path).write_text("PRECISION: Q4_Z\n")
+    out = failing(workflow, "-n")
+    assert path in out and "field PRECISION" in out and "unknown precision 'Q4_Z'" in out
+
+
+def test_pair_folder_without_its_yaml(workflow):
+    (workflow / "configurations/NPU_LLM_LLAMA").mkdir()
+    assert "converter_args_npu_llm_llama.yaml: missing" in failing(workflow, "-n")
+
+
+def test_transformers_pairs_say_they_need_no_conversion(workflow):
+    (workflow / "configurations/GPU_LLM_TRF").mkdir()
+    run = snakemake(workflow, "-n")
+    assert "GPU_LLM_TRF: Transformers loads the Hugging Face folder models/tiny-gpt2/ directly" in run.output
+    assert "Transformers loads the Hugging Face folder" in failing(workflow, "outputs/GPU_LLM_TRF/tiny-gpt2-F16.gguf")
+
+
+# --- entry points and hygiene ---------------------------------------------------------------------------------------
+def test_cecaiserve_entry_point(tmp_path):
+    converter = tmp_path / "Converter"
+    shutil.copytree(ROOT / "configurations", converter / "configurations")
+    shutil.copytree(ROOT / "models", converter / "models")
+    env = {**os.environ, "PYTHON": sys.executable, "CORES": "2"}
+    proc = subprocess.run([ROOT / "scripts/cecaiserve_convert.sh", "GPU_LLM_LLAMA", converter], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in (converter / "outputs/GPU_LLM_LLAMA").iterdir()] == ["tiny-gpt2-Q4_K_M.gguf"]
+    assert not (converter / "outputs/ARM_LLM_LLAMA").exists()
+
+
+def test_lint_and_format_are_clean():
+    run = snakemake(ROOT, "--lint", check=False)
+    assert run.returncode == 0 and "Congratulations" in run.output, run.output[-3000:]
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules/"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stderr

@@ -103,7 +103,7 @@ def fetch_sdist(root: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         log(f"downloading {SDIST_NAME}=={SDIST_VERSION} (77 MB) from the package index")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", "--quiet", "-d", tmp, f"{SDIST_NAME}=={SDIST_VERSION}"]
+               "--quiet", "-d", tmp, f"{SDIST_NAME}=={SDIST_VERSION}"]
         res = subprocess.run(cmd)
         got = Path(tmp) / SDIST_FILE
         if res.returncode != 0 or not got.exists():

@@ -10,23 +10,16 @@ and through a shared inode that would make the input look updated.)
 """
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-
-def temp_path(out: Path) -> Path:
-    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
+from hf2gguf.atomic import atomic_path
 
 
 def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run
-        stale.unlink()
-    tmp = temp_path(out)
-    try:
+    with atomic_path(out) as tmp:
         if tool:
             cmd = [tool, str(src), str(tmp), qtype, str(threads)]
             print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -37,10 +30,6 @@ def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | Non
         else:
             print(f"{src} is already {qtype}: copying it to {out}", file=sys.stderr, flush=True)
             shutil.copyfile(src, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:

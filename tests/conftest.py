@@ -77,7 +77,8 @@ def write_safetensors(path: Path, arrays: dict[str, np.ndarray], bf16: bool = Fa
 
 
 def make_gpt2(folder: Path, *, n_embd=64, n_layer=2, n_head=2, n_positions=64, vocab_rows=1024,
-              dtype="F16", prefix="", tie=True, shards=1, config_extra=None, drop_config=(), seed=0) -> Path:
+              dtype="F16", prefix="", tie=True, shards=1, n_inner=None, config_extra=None, drop_config=(),
+              seed=0) -> Path:
     """A small random GPT-2 folder with tiny-gpt2's tokenizer; dtype F32, F16 or BF16."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,13 +86,14 @@ def make_gpt2(folder: Path, *, n_embd=64, n_layer=2, n_head=2, n_positions=64, v
         shutil.copy(TINY / f, folder / f)
     t = {"wte.weight": (vocab_rows, n_embd), "wpe.weight": (n_positions, n_embd), "ln_f.weight": (n_embd,),
          "ln_f.bias": (n_embd,)}
+    ff = n_inner or 4 * n_embd
     for i in range(n_layer):
         p = f"h.{i}."
         t |= {p + "ln_1.weight": (n_embd,), p + "ln_1.bias": (n_embd,), p + "ln_2.weight": (n_embd,),
               p + "ln_2.bias": (n_embd,), p + "attn.c_attn.weight": (n_embd, 3 * n_embd),
               p + "attn.c_attn.bias": (3 * n_embd,), p + "attn.c_proj.weight": (n_embd, n_embd),
-              p + "attn.c_proj.bias": (n_embd,), p + "mlp.c_fc.weight": (n_embd, 4 * n_embd),
-              p + "mlp.c_fc.bias": (4 * n_embd,), p + "mlp.c_proj.weight": (4 * n_embd, n_embd),
+              p + "attn.c_proj.bias": (n_embd,), p + "mlp.c_fc.weight": (n_embd, ff),
+              p + "mlp.c_fc.bias": (ff,), p + "mlp.c_proj.weight": (ff, n_embd),
               p + "mlp.c_proj.bias": (n_embd,), p + "attn.bias": (1, 1, n_positions, n_positions)}
     if not tie:
         t["lm_head.weight"] = (vocab_rows, n_embd)
@@ -114,7 +116,8 @@ def make_gpt2(folder: Path, *, n_embd=64, n_layer=2, n_head=2, n_positions=64, v
         (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": n_embd, "n_layer": n_layer,
               "n_head": n_head, "n_positions": n_positions, "n_ctx": n_positions, "vocab_size": vocab_rows,
-              "layer_norm_epsilon": 1e-5, "bos_token_id": 999, "eos_token_id": 999, "tie_word_embeddings": tie}
+              "layer_norm_epsilon": 1e-5, "bos_token_id": 999, "eos_token_id": 999, "tie_word_embeddings": tie,
+              "n_inner": n_inner}
     config |= config_extra or {}
     for k in drop_config:
         config.pop(k, None)

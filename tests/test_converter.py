@@ -142,7 +142,7 @@ def test_f16_checkpoint_auto_is_f16(tmp_path):
 def test_sharded_prefixed_untied_v5_config(tmp_path):
     """transformers-v5 style: transformer. prefix, no n_ctx; sharded with an index; untied lm_head."""
     folder = make_gpt2(tmp_path / "m", prefix="transformer.", shards=3, tie=False, drop_config=("n_ctx",),
-                       config_extra={"n_inner": 128})
+                       n_inner=128)
     kv, tensors = read(convert(folder, tmp_path / "o.gguf", "F32", log=lambda m: None))
     assert "output.weight" in tensors and "token_embd.weight" in tensors
     assert kv["gpt2.context_length"] == 64  # n_positions

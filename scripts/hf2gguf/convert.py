@@ -1,7 +1,6 @@
 """Convert a Hugging Face model folder to one GGUF file, streaming one tensor at a time."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from math import prod
@@ -11,6 +10,7 @@ import gguf
 import numpy as np
 
 from .architectures import TensorPlan, architecture_for
+from .atomic import atomic_path
 from .errors import ConversionError
 from .peek import full_precision_type
 from .source import ModelFolder
@@ -46,10 +46,10 @@ def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
     if (src_dtype, qtype) in (("F32", Q.F32), ("F16", Q.F16), ("BF16", Q.BF16)):
         return np.ascontiguousarray(array)  # bit-exact copy
     if src_dtype == "BF16":
-        f32 = (array.astype(np.uint32) << 16).view(np.float32)
+        f32 = gguf.quants.dequantize(np.ascontiguousarray(array).view(np.uint8), Q.BF16)
     else:
-        f32 = array.astype(np.float32)
-    return gguf.quants.quantize(np.ascontiguousarray(f32), qtype)
+        f32 = np.ascontiguousarray(array, dtype=np.float32)
+    return gguf.quants.quantize(f32, qtype)
 
 
 def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name: str | None = None,
@@ -64,19 +64,15 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name:
         raise ConversionError(out, f"unknown output type {outtype!r}", f"use one of auto, {', '.join(OUTTYPES)}")
     qtype = OUTTYPES[outtype]
     plans = arch.plan()
-    embd = next((p for p in plans if p.name == "token_embd.weight"), None)
-    if embd is None:
-        raise ConversionError(model.path, "has no token embedding tensor", "check that the weights are complete")
+    for p in plans:
+        model.check_dtype(p.source)
+    embd = next(p for p in plans if p.name == "token_embd.weight")
     vocab = arch.vocab(n_vocab=embd.shape[0])
     types = [tensor_type(p, qtype, log) for p in plans]
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run
-        stale.unlink()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     log(f"converting {model.path} ({arch.arch_name}, {len(plans)} tensors) to {outtype}: {out}")
-    try:
+    with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch.arch_name)
         # every KV is a pure function of the inputs: no dates, no absolute paths
         w.add_name(name or model.path.name)
@@ -98,10 +94,6 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name:
             w.write_tensor_data(encode(data, src.dtype, t))
             log(f"[{i:{width}}/{len(plans)}] {p.name:<32} {src.dtype:>4} -> {t.name:<5} {list(p.shape)}")
         w.close()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     size = out.stat().st_size
     log(f"wrote {out} ({size / 2**20:.1f} MiB) in {time.monotonic() - start:.1f} s")
     return out

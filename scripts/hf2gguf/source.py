@@ -105,12 +105,18 @@ class ModelFolder:
                     raise ConversionError(shard, f"lacks tensor {name!r}, which {INDEX_NAME} places there",
                                           "re-download the shard")
 
-    def load(self, name: str) -> np.ndarray:
-        """The tensor as a read-only memory-mapped array. BF16 comes back as its uint16 bits."""
+    def check_dtype(self, name: str) -> None:
         t = self.tensors[name]
         if t.dtype not in DTYPES:
-            raise ConversionError(t.shard, f"tensor {name!r} has dtype {t.dtype}, which cannot be converted",
-                                  f"supported weight dtypes are {', '.join(DTYPES)}")
+            raise ConversionError(
+                t.shard, f"tensor {name!r} has dtype {t.dtype}; only {', '.join(DTYPES)} weights convert",
+                "use the original (unquantized) checkpoint: pre-quantized weights such as GPTQ, AWQ or "
+                "bitsandbytes int8/int4 are not supported")
+
+    def load(self, name: str) -> np.ndarray:
+        """The tensor as a read-only memory-mapped array. BF16 comes back as its uint16 bits."""
+        self.check_dtype(name)
+        t = self.tensors[name]
         if t.shard not in self._maps:
             self._maps[t.shard] = np.memmap(t.shard, mode="r", dtype=np.uint8)
         raw = self._maps[t.shard][t.offset:t.offset + t.nbytes]

@@ -41,7 +41,7 @@ class Architecture:
     def __init__(self, model: ModelFolder):
         self.model = model
         self.hparams = model.config
-        self.block_count = self.hparam("n_layer", "num_hidden_layers")
+        self.block_count = self.int_hparam("n_layer", "num_hidden_layers")
         self.name_map = gguf.get_tensor_name_map(self.gguf_arch, self.block_count)
 
     @property
@@ -56,6 +56,13 @@ class Architecture:
             return default
         raise ConversionError(self.model.path / "config.json", f"has none of {', '.join(keys)}",
                               "use the config.json that belongs to these weights")
+
+    def int_hparam(self, *keys: str, default=None) -> int:
+        value = self.hparam(*keys, default=default)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConversionError(self.model.path / "config.json", f"{keys[0]} must be a positive integer, not "
+                                  f"{value!r}", "use the config.json that belongs to these weights")
+        return value
 
     # --- per-architecture hooks -------------------------------------------------------------------
     def set_kv(self, w: gguf.GGUFWriter) -> None:
@@ -72,6 +79,11 @@ class Architecture:
         """Returns (written shape, transform or None) for one tensor."""
         return shape, None
 
+    def expected_shapes(self, n_vocab: int) -> dict[str, tuple[int, ...]]:
+        """GGUF name -> written shape implied by config.json, for every tensor the model must have
+        ("blk.{bid}." names stand for every block)."""
+        return {}
+
     # --- shared machinery -------------------------------------------------------------------------
     def map_name(self, hf_name: str) -> str:
         name = hf_name
@@ -79,6 +91,9 @@ class Architecture:
             if name.startswith(p):
                 name = name[len(p):]
         mapped = self.name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        if mapped is None and re.search(r"\.(\d+)\.", name):
+            raise ConversionError(self.model.path, f"has tensor {hf_name!r} beyond the {self.block_count} "
+                                  "blocks that config.json declares", "use the config.json of these weights")
         if mapped is None:
             raise ConversionError(self.model.path, f"has tensor {hf_name!r}, which {self.arch_name} does not use",
                                   "check that config.json's architectures matches the weights")
@@ -92,7 +107,34 @@ class Architecture:
             name = self.map_name(hf_name)
             shape, transform = self.modify(name, hf_name, info.shape)
             plans.append(TensorPlan(name, tuple(shape), hf_name, transform))
-        return sorted(plans, key=lambda p: _order(p.name))
+        plans.sort(key=lambda p: _order(p.name))
+        self.check_shapes(plans)
+        return plans
+
+    def check_shapes(self, plans: list[TensorPlan]) -> None:
+        """Every tensor config.json implies is there, with the shape it implies."""
+        by_name = {p.name: p for p in plans}
+        embd = by_name.get("token_embd.weight")
+        if embd is None:
+            raise ConversionError(self.model.path, "has no token embedding tensor", "check that the weights are complete")
+        config = self.model.path / "config.json"
+        vocab = self.hparams.get("vocab_size")
+        if isinstance(vocab, int) and vocab != embd.shape[0]:
+            raise ConversionError(config, f"says vocab_size {vocab}, but the token embedding "
+                                  f"({embd.source}) has {embd.shape[0]} rows", "use the config.json of these weights")
+        expected = {}
+        for name, shape in self.expected_shapes(embd.shape[0]).items():
+            for bid in range(self.block_count) if "{bid}" in name else [None]:
+                expected[name.format(bid=bid)] = shape
+        for name, shape in expected.items():
+            if name not in by_name:
+                raise ConversionError(self.model.path, f"lacks tensor {name} (from config.json: "
+                                      f"{self.block_count} blocks)", "check that every weight file is complete")
+            p = by_name[name]
+            if p.shape != shape:
+                got = self.model.tensors[p.source].shape
+                raise ConversionError(self.model.path, f"tensor {p.source} has shape {list(got)}, but config.json "
+                                      f"implies {list(shape)} for {name}", "use the config.json of these weights")
 
 
 def _order(name: str):

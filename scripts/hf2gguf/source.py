@@ -63,6 +63,10 @@ class ModelFolder:
             weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ConversionError(index, "has no 'weight_map'", "re-download the index file")
+            for file in weight_map.values():
+                if not isinstance(file, str) or Path(file).name != file or not file.endswith(".safetensors"):
+                    raise ConversionError(index, f"names {file!r} as a shard; shards are *.safetensors files in "
+                                          "the model folder itself", "re-download the index file")
             shards = sorted(set(weight_map.values()))
             for s in shards:
                 if not (self.path / s).is_file():

@@ -59,8 +59,8 @@ class Architecture:
 
     def int_hparam(self, *keys: str, default=None) -> int:
         value = self.hparam(*keys, default=default)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConversionError(self.model.path / "config.json", f"{keys[0]} must be a positive integer, not "
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+            raise ConversionError(self.model.path / "config.json", f"{keys[0]} must be a positive 32-bit integer, not "
                                   f"{value!r}", "use the config.json that belongs to these weights")
         return value
 
@@ -148,11 +148,11 @@ def _order(name: str):
 def architecture_for(model: ModelFolder) -> Architecture:
     config_path = model.path / "config.json"
     names = model.config.get("architectures")
-    if not isinstance(names, list) or not names:
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ConversionError(config_path, "has no 'architectures' list",
                               f"add e.g. \"architectures\": [\"{next(iter(REGISTRY))}\"] matching the weights")
     for n in names:
         if n in REGISTRY:
             return REGISTRY[n](model)
-    raise ConversionError(config_path, f"architecture {', '.join(map(str, names))} is not supported",
+    raise ConversionError(config_path, f"architecture {', '.join(names)} is not supported",
                           f"supported architectures: {', '.join(sorted(REGISTRY))}")

@@ -59,8 +59,8 @@ class GPT2(Architecture):
         w.add_feed_forward_length(self.n_ff)
         w.add_head_count(self.n_head)
         eps = self.hparam("layer_norm_epsilon", default=1e-5)
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool):
-            raise ConversionError(self.model.path / "config.json", f"layer_norm_epsilon must be a number, not {eps!r}",
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+            raise ConversionError(self.model.path / "config.json", f"layer_norm_epsilon must be a small positive number, not {eps!r}",
                                   "use the config.json that belongs to these weights")
         w.add_layer_norm_eps(float(eps))
 

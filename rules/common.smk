@@ -58,10 +58,19 @@ def load_pairs():
 PAIRS, DIRECT_PAIRS = load_pairs()
 
 
+# Pairs are upper case (so outputs/intermediate/ is never taken for one); model names cannot hold a slash
+# or "..", so no target reaches outside OUTPUTS_DIR; a precision has no "-", which splits <model>-<PRECISION>.
+PAIR_RE, MODEL_RE, PRECISION_RE = (
+    r"[A-Z][A-Z0-9_]*",
+    r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]*",
+    r"[A-Za-z0-9_]+",
+)
+
+
 wildcard_constraints:
-    pair="[A-Z][A-Z0-9_]*",
-    model="[A-Za-z0-9][A-Za-z0-9._-]*",
-    precision="[A-Za-z0-9_]+",
+    pair=PAIR_RE,
+    model=MODEL_RE,
+    precision=PRECISION_RE,
 
 
 def default_targets():

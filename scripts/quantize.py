@@ -18,15 +18,33 @@ from pathlib import Path
 from hf2gguf.atomic import atomic_path
 
 
+def run_llama_quantize(cmd: list[str]) -> tuple[int, list[str]]:
+    """Runs llama-quantize, passing its output through, and returns its exit code and fallback warnings."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    fallbacks = []
+    for line in proc.stdout:
+        sys.stderr.write(line)
+        if "falling back to" in line:
+            fallbacks.append(" ".join(line.replace("warning:", "").split()))
+    return proc.wait(), fallbacks
+
+
 def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None) -> None:
     with atomic_path(out) as tmp:
         if tool:
             cmd = [tool, str(src), str(tmp), qtype, str(threads)]
             print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
-            res = subprocess.run(cmd)
-            if res.returncode != 0:
-                raise SystemExit(f"error: llama-quantize failed (exit code {res.returncode}) making {out} from "
-                                 f"{src}; its messages are above")
+            returncode, fallbacks = run_llama_quantize(cmd)
+            if fallbacks:
+                print(f"note: {len(fallbacks)} tensor(s) have rows that do not fit {qtype}'s blocks; llama-quantize "
+                      "wrote them in a fallback type:\n  " + "\n  ".join(fallbacks), file=sys.stderr)
+            if returncode != 0:
+                free = shutil.disk_usage(out.parent).free
+                hint = ""
+                if free < src.stat().st_size:  # a quantized file is smaller than its input
+                    hint = f" The disk holding {out.parent} may be full: {free // 2**20} MiB free."
+                raise SystemExit(f"error: llama-quantize failed (exit code {returncode}) making {out} from "
+                                 f"{src}; its messages are above.{hint}")
         else:
             print(f"{src} is already {qtype}: copying it to {out}", file=sys.stderr, flush=True)
             shutil.copyfile(src, tmp)

@@ -1,8 +1,10 @@
 """Convert a Hugging Face model folder to one GGUF file, streaming one tensor at a time."""
 from __future__ import annotations
 
+import errno
 import sys
 import time
+from contextlib import contextmanager, suppress
 from math import prod
 from pathlib import Path
 
@@ -52,6 +54,41 @@ def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
     return gguf.quants.quantize(f32, qtype)
 
 
+@contextmanager
+def disk_full_is_an_error(out: Path):
+    try:
+        yield
+    except OSError as e:
+        short_write = e.errno is None and "written" in str(e)  # numpy's tofile on a full disk
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) and not short_write:
+            raise
+        raise ConversionError(out.parent, f"the disk is full ({e.strerror or e}) while writing {out.name}; nothing "
+                              "was left behind", "free some space, or set OUTPUTS_DIR to a larger disk") from None
+
+
+def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[TensorPlan], types: list[Q],
+          qtype: Q, name: str, log) -> None:
+    """Streams the GGUF: tensor infos first, then header, KV and tensor info, then the data in order."""
+    w.add_name(name)  # every KV is a pure function of the inputs: no dates, no absolute paths
+    arch.set_kv(w)
+    w.add_file_type(FILE_TYPES[qtype])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    vocab.write(w)
+    for p, t in zip(plans, types):
+        w.add_tensor_info(p.name, p.shape, np.float32, nbytes(p.shape, t), raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    width = len(str(len(plans)))
+    for i, (p, t) in enumerate(zip(plans, types), 1):
+        src = model.tensors[p.source]
+        data = model.load(p.source)
+        if p.transform:
+            data = p.transform(data)
+        w.write_tensor_data(encode(data, src.dtype, t))
+        log(f"[{i:{width}}/{len(plans)}] {p.name:<32} {src.dtype:>4} -> {t.name:<5} {list(p.shape)}")
+
+
 def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name: str | None = None,
             log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> Path:
     """Writes out atomically: a temporary file beside it, renamed when complete."""
@@ -64,36 +101,19 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name:
         raise ConversionError(out, f"unknown output type {outtype!r}", f"use one of auto, {', '.join(OUTTYPES)}")
     qtype = OUTTYPES[outtype]
     plans = arch.plan()
-    for p in plans:
-        model.check_dtype(p.source)
     embd = next(p for p in plans if p.name == "token_embd.weight")
     vocab = arch.vocab(n_vocab=embd.shape[0])
     types = [tensor_type(p, qtype, log) for p in plans]
 
     out = Path(out)
     log(f"converting {model.path} ({arch.arch_name}, {len(plans)} tensors) to {outtype}: {out}")
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, disk_full_is_an_error(out):
         w = gguf.GGUFWriter(tmp, arch.arch_name)
-        # every KV is a pure function of the inputs: no dates, no absolute paths
-        w.add_name(name or model.path.name)
-        arch.set_kv(w)
-        w.add_file_type(FILE_TYPES[qtype])
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        vocab.write(w)
-        for p, t in zip(plans, types):
-            w.add_tensor_info(p.name, p.shape, np.float32, nbytes(p.shape, t), raw_dtype=t)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        width = len(str(len(plans)))
-        for i, (p, t) in enumerate(zip(plans, types), 1):
-            src = model.tensors[p.source]
-            data = model.load(p.source)
-            if p.transform:
-                data = p.transform(data)
-            w.write_tensor_data(encode(data, src.dtype, t))
-            log(f"[{i:{width}}/{len(plans)}] {p.name:<32} {src.dtype:>4} -> {t.name:<5} {list(p.shape)}")
-        w.close()
+        try:
+            write(w, model, arch, vocab, plans, types, qtype, name or model.path.name, log)
+        finally:
+            with suppress(OSError):  # on a full disk, closing fails too; the file is removed regardless
+                w.close()
     size = out.stat().st_size
     log(f"wrote {out} ({size / 2**20:.1f} MiB) in {time.monotonic() - start:.1f} s")
     return out

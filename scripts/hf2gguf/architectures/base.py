@@ -104,6 +104,7 @@ class Architecture:
         for hf_name, info in self.model.tensors.items():
             if self.skip(hf_name):
                 continue
+            self.model.check_dtype(hf_name)
             name = self.map_name(hf_name)
             shape, transform = self.modify(name, hf_name, info.shape)
             plans.append(TensorPlan(name, tuple(shape), hf_name, transform))

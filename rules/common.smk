@@ -11,8 +11,6 @@ import llama_toolchain
 import pipeline
 from pipeline import ConfigError
 
-CONFIG_FILE = "configurations/converter_args.yaml"
-CONFIG_DIR = os.path.dirname(CONFIG_FILE)
 SCHEMAS = os.path.join(workflow.basedir, "rules", "schemas")
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
 
@@ -26,10 +24,19 @@ def validated(data, schema, path):
     return data
 
 
+CONFIG_DIR = config.get("CONFIGURATIONS_DIR", "configurations").rstrip("/")
+CONFIG_FILE = f"{CONFIG_DIR}/converter_args.yaml"
 validated(config, "converter_args.schema.yaml", CONFIG_FILE)
 MODELS = config["MODELS_DIR"].rstrip("/")
 OUT = config["OUTPUTS_DIR"].rstrip("/")
 LOGS = f"{OUT}/logs"
+
+# Jobs run `python`: make that this interpreter (say, an unactivated venv's), unless conda provides one.
+if "conda" not in str(workflow.deployment_settings.deployment_method):
+    path = os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]
+    )
+    os.environ.update(PATH=path)
 
 
 def load_pairs():
@@ -110,8 +117,9 @@ def check(fn, *args):
         raise WorkflowError(str(e)) from None
 
 
-def model_inputs(wildcards):
-    return check(pipeline.model_files, MODELS, wildcards.model)
+def model_fingerprint(wildcards):
+    """The model folder's content fingerprint (see pipeline.fingerprint): what conversion depends on."""
+    return check(pipeline.fingerprint, MODELS, wildcards.model, f"{OUT}/fingerprints")
 
 
 def intermediate(model, ftype):
@@ -144,16 +152,30 @@ def pair_output_inputs(wildcards):
     return {"gguf": intermediate(wildcards.model, ftype), "tool": llama_quantize()}
 
 
-def converter_digest():
-    """sha256 of the converter's code, a param of every conversion: editing the code reconverts (Snakemake's
-    code trigger sees only the rule's own script, not the package it imports)."""
-    root = os.path.join(SCRIPTS, "hf2gguf")
+def script(name):
+    """A script's path relative to the working directory: stable across clones, so not a params change."""
+    return os.path.relpath(os.path.join(SCRIPTS, name))
+
+
+def code_digest(*names):
+    """sha256 of scripts and packages under scripts/, a param of the rules that run them: editing the code
+    reruns them. (Snakemake's code trigger sees only a rule's own text; and scripts given to `script:` are
+    compared by mtime, which a fresh checkout resets.)"""
     h = hashlib.sha256()
-    for d, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for f in sorted(files):
-            if f.endswith(".py"):
-                h.update(os.path.relpath(os.path.join(d, f), root).encode() + b"\0")
-                with open(os.path.join(d, f), "rb") as fh:
-                    h.update(fh.read())
+    for name in names:
+        root = os.path.join(SCRIPTS, name)
+        paths = (
+            [root]
+            if os.path.isfile(root)
+            else [
+                os.path.join(d, f)
+                for d, _, files in os.walk(root)
+                for f in files
+                if f.endswith(".py")
+            ]
+        )
+        for path in sorted(paths):
+            h.update(os.path.relpath(path, SCRIPTS).encode() + b"\0")
+            with open(path, "rb") as fh:
+                h.update(fh.read())
     return h.hexdigest()

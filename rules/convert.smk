@@ -1,10 +1,11 @@
 # Hugging Face folder -> one GGUF per model and type, with our pure-Python converter (scripts/hf2gguf).
-# The full-precision one is the intermediate that every quantization starts from.
+# The full-precision one is the intermediate that every quantization starts from. The input is the model
+# folder's content fingerprint, not its files, so a fresh checkout (new mtimes) reconverts nothing.
 
 
 rule convert:
     input:
-        model_inputs,
+        model_fingerprint,
     output:
         f"{OUT}/intermediate/{{model}}-{{ftype}}.gguf",
     log:
@@ -15,6 +16,8 @@ rule convert:
         "../envs/converter.yaml"
     params:
         folder=lambda w: f"{MODELS}/{w.model}",
-        converter=converter_digest(),
-    script:
-        "../scripts/convert.py"
+        script=script("convert.py"),
+        code=code_digest("convert.py", "hf2gguf"),
+    shell:
+        "python {params.script:q} {params.folder:q} -o {output:q} --outtype {wildcards.ftype}"
+        " 2>&1 | tee {log:q}"

@@ -14,5 +14,11 @@ rule quantize:
     threads: 2
     params:
         type=lambda w: pipeline.canonical_precision(w.precision),
-    script:
-        "../scripts/quantize.py"
+        tool=lambda w, input: (
+            f"--llama-quantize {input.tool}" if "tool" in input.keys() else ""
+        ),
+        script=script("quantize.py"),
+        code=code_digest("quantize.py", "hf2gguf/atomic.py"),
+    shell:
+        "python {params.script:q} {input.gguf:q} {output:q} {params.type} --threads {threads}"
+        " {params.tool} 2>&1 | tee {log:q}"

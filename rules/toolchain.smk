@@ -12,6 +12,8 @@ rule llama_cpp:
         "../envs/toolchain.yaml"
     threads: workflow.cores
     params:
-        native=config["LLAMA_CPP_NATIVE"],
-    script:
-        "../scripts/llama_toolchain.py"
+        flags="--native" if config["LLAMA_CPP_NATIVE"] else "",
+        script=script("llama_toolchain.py"),
+    shell:
+        "python {params.script:q} {params.flags} --jobs {threads} --dest $(dirname {output:q})"
+        " llama-quantize 2>&1 | tee {log:q}"

@@ -220,11 +220,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if "snakemake" in globals():  # run by the llama_cpp rule's script: directive
-        from pipeline import run_logged
-
-        sm = snakemake  # noqa: F821
-        run_logged(sm.log[0], install, [Path(o).name for o in sm.output], Path(sm.output[0]).parent,
-                   native=sm.params.native, jobs=sm.threads)
-    else:
-        sys.exit(main())
+    sys.exit(main())

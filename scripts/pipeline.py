@@ -101,45 +101,54 @@ def model_files(models_dir: str, model: str) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(keep))
 
 
+def fingerprint(models_dir: str, model: str, out_dir: str) -> str:
+    """Writes <out_dir>/<model>.json, the sha256 of every file conversion reads, and returns its path.
+
+    Conversion depends on this small file instead of the raw shards, so staleness follows content, not mtimes:
+    after a fresh checkout (new mtimes everywhere) the file is rewritten only if some content changed, and
+    otherwise keeps its old mtime. Hashes are cached by (size, mtime, inode) in .<model>.stat.json beside
+    it, so an unchanged folder costs a stat per file."""
+    import hashlib
+    import json
+    import sys
+
+    files = model_files(models_dir, model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target, cache_path = out / f"{model}.json", out / f".{model}.stat.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    digests, fresh = {}, {}
+    for f in files:
+        st = os.stat(f)
+        key = [st.st_size, st.st_mtime_ns, st.st_ino]
+        known = cache.get(f)
+        if isinstance(known, dict) and known.get("stat") == key:
+            digest = known["sha256"]
+        else:
+            if st.st_size > 100 * 2**20:
+                print(f"fingerprinting {f} ({st.st_size / 2**30:.1f} GiB)", file=sys.stderr, flush=True)
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(8 * 2**20), b""):
+                    h.update(block)
+            digest = h.hexdigest()
+        digests[Path(f).name] = digest
+        fresh[f] = {"stat": key, "sha256": digest}
+    text = json.dumps({"model": model, "files": digests}, indent=1, sort_keys=True) + "\n"
+    for path, content in ((target, text), (cache_path, json.dumps(fresh) + "\n")):
+        if not path.exists() or path.read_text() != content:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(content)
+            os.replace(tmp, path)
+    return str(target)
+
+
 def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str:
     """INTERMEDIATE_TYPE, with auto resolved from the safetensors headers."""
     return full_precision_type(Path(models_dir) / model) if setting == "auto" else setting
-
-
-def run_logged(log_path: str, fn, *args, **kwargs) -> None:
-    """For the scripts that rules run: fn's output, and its child processes', goes to the terminal and to
-    log_path. A failure is printed into both, and the process exits 1."""
-    import subprocess
-    import sys
-    import traceback
-
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    tee = subprocess.Popen(["tee", str(log_path)], stdin=subprocess.PIPE, stdout=saved_err)
-    os.dup2(tee.stdin.fileno(), 1)
-    os.dup2(tee.stdin.fileno(), 2)
-    failed = False
-    try:
-        fn(*args, **kwargs)
-    except SystemExit as e:  # scripts exit with a message for expected failures
-        failed = e.code not in (None, 0)
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-    except Exception as e:  # noqa: BLE001
-        failed = True
-        user_error = type(e).__name__ in ("ConversionError", "ToolchainError", "ConfigError")
-        print(f"error: {e}" if user_error else traceback.format_exc(), file=sys.stderr)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        tee.stdin.close()
-        tee.wait()
-    if failed:
-        sys.exit(1)
 
 
 def pair_target(converter_dir: str | Path, pair: str) -> str:

@@ -63,11 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if "snakemake" in globals():  # run by the quantize rule's script: directive
-        from pipeline import run_logged
-
-        sm = snakemake  # noqa: F821
-        run_logged(sm.log[0], quantize, Path(sm.input.gguf), Path(sm.output[0]), sm.params.type, sm.threads,
-                   sm.input.get("tool"))
-    else:
-        sys.exit(main())
+    sys.exit(main())

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import gguf
 import llama_cpp
@@ -191,3 +192,37 @@ def test_lint_and_format_are_clean():
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules/"], cwd=ROOT,
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stderr
+
+
+# --- incremental in CI: a fresh checkout gives every input a new mtime ----------------------------------------------
+def fresh_checkout_with_cached_outputs(built, dest, with_metadata: bool):
+    """What a CI job sees: the workflow checked out anew (every file's mtime 'now'), outputs/ restored from a
+    cache with their own mtimes, and, optionally, .snakemake/ too."""
+    wf = copy_workflow(dest)
+    shutil.rmtree(wf / "models")
+    shutil.copytree(built / "models", wf / "models")  # the repository's models, other-gpt2 included
+    shutil.copytree(built / "outputs", wf / "outputs")  # copy2: the cache keeps the outputs' mtimes
+    if with_metadata:
+        shutil.copytree(built / ".snakemake", wf / ".snakemake", ignore=shutil.ignore_patterns("locks", "incomplete"))
+    now = time.time() + 5
+    for path in wf.rglob("*"):
+        if path.is_file() and "outputs" not in path.relative_to(wf).parts and ".snakemake" not in path.parts:
+            os.utime(path, (now, now))
+    return wf
+
+
+@pytest.mark.parametrize("with_metadata", [True, False], ids=["with .snakemake", "without .snakemake"])
+def test_fresh_checkout_with_restored_outputs_rebuilds_nothing(built, tmp_path, with_metadata):
+    shutil.copytree(built / "models/tiny-gpt2", built / "models/other-gpt2")
+    snakemake(built, "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf")
+    ci = fresh_checkout_with_cached_outputs(built, tmp_path / "ci", with_metadata)
+    run = snakemake(ci, "all", "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf")
+    assert run.jobs() == {}, run.output
+    # one byte of one shard: exactly that model is rebuilt
+    shard = ci / "models/other-gpt2/model.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[-2] ^= 0x40
+    shard.write_bytes(bytes(raw))
+    run = snakemake(ci, "all", "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf")
+    assert run.jobs() == {"convert": 1, "quantize": 1}, run.output
+    assert "tiny-gpt2" not in "".join(l for l in run.output.splitlines() if l.strip().startswith("output:"))

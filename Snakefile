@@ -9,12 +9,15 @@ configfile: "configurations/converter_args.yaml"
 
 
 include: "rules/common.smk"
+
+
+# The first rule is the default target (not default_target: that would take over a workflow that uses
+# this one as a module).
+rule all:
+    input:
+        default_targets(),
+
+
 include: "rules/toolchain.smk"
 include: "rules/convert.smk"
 include: "rules/quantize.smk"
-
-
-rule all:
-    default_target: True
-    input:
-        default_targets(),

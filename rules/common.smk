@@ -6,13 +6,15 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
+# This workflow's own folder, also when it is used as a module of another workflow (workflow.basedir is then
+# the outer workflow's).
+ROOT = os.path.dirname(str(workflow.current_basedir))
+SCHEMAS = os.path.join(ROOT, "rules", "schemas")
+SCRIPTS = os.path.join(ROOT, "scripts")
+sys.path.insert(0, SCRIPTS)
 import llama_toolchain
 import pipeline
 from pipeline import ConfigError
-
-SCHEMAS = os.path.join(workflow.basedir, "rules", "schemas")
-SCRIPTS = os.path.join(workflow.basedir, "scripts")
 
 
 def validated(data, schema, path):

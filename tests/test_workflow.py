@@ -226,3 +226,39 @@ def test_fresh_checkout_with_restored_outputs_rebuilds_nothing(built, tmp_path, 
     run = snakemake(ci, "all", "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf")
     assert run.jobs() == {"convert": 1, "quantize": 1}, run.output
     assert "tiny-gpt2" not in "".join(l for l in run.output.splitlines() if l.strip().startswith("output:"))
+
+
+# --- used as a module of another workflow -----------------------------------------------------------------------------
+def test_usable_as_a_module_with_its_own_folders(tmp_path):
+    outer = tmp_path / "outer"
+    (outer / "pairs/GPU_LLM_LLAMA").mkdir(parents=True)
+    (outer / "pairs/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml").write_text("PRECISION: Q5_K_M\n")
+    shutil.copytree(ROOT / "models/tiny-gpt2", outer / "checkpoints/mine")
+    (outer / "config.yaml").write_text(
+        "gguf:\n  MODEL_NAME: mine\n  MODELS_DIR: checkpoints\n  OUTPUTS_DIR: build/gguf\n"
+        "  CONFIGURATIONS_DIR: pairs\n")
+    (outer / "Snakefile").write_text(f'''configfile: "config.yaml"
+
+
+module gguf:
+    snakefile:
+        "{ROOT / "Snakefile"}"
+    config:
+        config["gguf"]
+
+
+use rule * from gguf as gguf_*
+
+
+rule all:
+    default_target: True
+    input:
+        "build/gguf/GPU_LLM_LLAMA/mine-Q5_K_M.gguf",
+''')
+    run = snakemake(outer)
+    assert run.jobs() == {"gguf_llama_cpp": 1, "gguf_convert": 1, "gguf_quantize": 1}, run.output
+    reader = gguf.GGUFReader(outer / "build/gguf/GPU_LLM_LLAMA/mine-Q5_K_M.gguf")
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q5_K_M
+    assert reader.fields["general.name"].contents() == "mine"
+    assert not (outer / "outputs").exists() and (outer / "build/gguf/logs/convert/mine-F16.log").exists()
+    assert snakemake(outer).jobs() == {}

@@ -14,10 +14,11 @@ rule convert:
         ftype="|".join(pipeline.DIRECT_PRECISIONS),
     conda:
         "../envs/converter.yaml"
+    threads: 4
     params:
         folder=lambda w: f"{MODELS}/{w.model}",
         script=script("convert.py"),
         code=code_digest("convert.py", "hf2gguf"),
     shell:
-        "python {params.script:q} {params.folder:q} -o {output:q} --outtype {wildcards.ftype}"
+        "python {params.script:q} {params.folder:q} -o {output:q} --outtype {wildcards.ftype} --threads {threads}"
         " 2>&1 | tee {log:q}"

@@ -323,8 +323,9 @@ def start(wf, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def kill_mid_write(proc, folder: Path, process_name: str) -> int:
-    """Waits until a temporary output has data, then kill -9s the process that writes it; returns its size."""
+def kill_mid_write(proc, folder: Path, process_name: str) -> Path:
+    """Waits until a temporary output has data, then kill -9s the process that writes it; returns the
+    temporary file."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         temps = [p for p in folder.glob(".*.tmp-*") if p.stat().st_size > 0] if folder.exists() else []
@@ -333,7 +334,7 @@ def kill_mid_write(proc, folder: Path, process_name: str) -> int:
             if victims:
                 for v in victims:
                     os.kill(v, signal.SIGKILL)
-                return temps[0].stat().st_size
+                return temps[0]
         time.sleep(0.002)
     proc.kill()
     raise AssertionError(f"never saw {process_name} writing in {folder}")
@@ -351,13 +352,14 @@ def big(tmp_path_factory):
 def test_kill_9_of_the_converter_leaves_no_gguf_and_the_next_run_completes(big):  # 13
     target = "outputs/intermediate/big-F16.gguf"
     proc = start(big, target)
-    size = kill_mid_write(proc, big / "outputs/intermediate", "convert.py")
+    temp = kill_mid_write(proc, big / "outputs/intermediate", "convert.py")
     proc.wait(timeout=120)
     assert proc.returncode != 0
     assert not (big / target).exists()
+    partial = hashlib.sha256(temp.read_bytes()).hexdigest()
     run = snakemake(big, target)
     assert run.jobs() == {"convert": 1}
-    assert (big / target).stat().st_size > size  # the first attempt really was killed mid-write
+    assert hashlib.sha256((big / target).read_bytes()).hexdigest() != partial  # really killed mid-write
     assert len(gguf.GGUFReader(big / target).tensors) == 76
     assert not list((big / "outputs/intermediate").glob(".*.tmp-*"))
 

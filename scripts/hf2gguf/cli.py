@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outtype", default="auto", choices=["auto", *OUTTYPES],
                    help="tensor type of the weights; auto = BF16 for bf16 checkpoints, else F16 (default: auto)")
     p.add_argument("--name", help="general.name (default: the model folder's name)")
+    p.add_argument("--threads", type=int, help="worker threads (default: the CPU count)")
     p.add_argument("--version", action="version", version=f"hf2gguf {__version__}")
     a = p.parse_args(argv)
     try:
-        convert(a.model_dir, a.output, a.outtype, a.name)
+        convert(a.model_dir, a.output, a.outtype, a.name, threads=a.threads)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

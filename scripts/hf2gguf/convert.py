@@ -1,10 +1,18 @@
-"""Convert a Hugging Face model folder to one GGUF file, streaming one tensor at a time."""
+"""Convert a Hugging Face model folder to one GGUF file, streaming.
+
+The header, metadata and tensor infos are written by gguf.GGUFWriter; the tensor data section is then filled
+by worker threads, each handling a chunk of rows at its precomputed offset (pread, convert, pwrite). Chunks
+whose type does not change are copied by the kernel (copy_file_range). Memory holds a few chunks at a time,
+whatever the model's size."""
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
@@ -43,15 +51,87 @@ def nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     return prod(shape) // block * size
 
 
+SAME = {("F32", Q.F32), ("F16", Q.F16), ("BF16", Q.BF16)}  # written bit-exact, without conversion
+CHUNK_BYTES = 8 * 2**20  # source bytes per unit of work
+
+
 def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
     """Source data (BF16 as uint16 bits) -> the bytes of qtype."""
-    if (src_dtype, qtype) in (("F32", Q.F32), ("F16", Q.F16), ("BF16", Q.BF16)):
-        return np.ascontiguousarray(array)  # bit-exact copy
-    if src_dtype == "BF16":
-        f32 = gguf.quants.dequantize(np.ascontiguousarray(array).view(np.uint8), Q.BF16)
+    if (src_dtype, qtype) in SAME:
+        return np.ascontiguousarray(array)
+    if src_dtype == "BF16":  # bf16 is the high half of an f32: one widening copy and a shift
+        bits = array.astype(np.uint32, order="C")
+        bits <<= 16
+        f32 = bits.view(np.float32)
     else:
         f32 = np.ascontiguousarray(array, dtype=np.float32)
+    if qtype == Q.F16:
+        return f32.astype(np.float16, order="C")
     return gguf.quants.quantize(f32, qtype)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows start:stop of one tensor, and where their bytes go in the output."""
+    plan: TensorPlan
+    qtype: Q
+    start: int
+    stop: int
+    offset: int
+
+
+def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_start: int, alignment: int):
+    offset = data_start
+    for p, t in zip(plans, types):
+        size = nbytes(p.shape, t)
+        rows = p.shape[0] if len(p.shape) >= 2 else 1
+        whole = p.transform is not None or len(p.shape) < 2  # transposes need the whole tensor
+        step = rows if whole else max(1, CHUNK_BYTES // max(1, model.row_bytes(p.source)))
+        for start in range(0, rows, step):
+            yield Piece(p, t, start, min(start + step, rows), offset + start * (size // rows))
+        offset += gguf.GGUFWriter.ggml_pad(size, alignment)
+
+
+def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int) -> None:
+    try:
+        while length:
+            n = os.copy_file_range(src_fd, dst_fd, length, src_off, dst_off)
+            if n <= 0:
+                raise OSError(errno.EIO, "copy_file_range copied nothing")
+            src_off, dst_off, length = src_off + n, dst_off + n, length - n
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        while length:  # no kernel copy between these files: go through memory
+            data = os.pread(src_fd, min(length, CHUNK_BYTES), src_off)
+            if not data:
+                raise OSError(errno.EIO, "source ended early")
+            pwrite_all(dst_fd, data, dst_off)
+            src_off, dst_off, length = src_off + len(data), dst_off + len(data), length - len(data)
+
+
+def pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[n:], offset + n
+
+
+def process(model: ModelFolder, piece: Piece, dst_fd: int) -> None:
+    p, src = piece.plan, model.tensors[piece.plan.source]
+    if p.transform is None and (src.dtype, piece.qtype) in SAME:
+        row = model.row_bytes(p.source)
+        model.check_dtype(p.source)
+        copy_range(model.fd(src.shard), src.offset + piece.start * row, dst_fd, piece.offset,
+                   (piece.stop - piece.start) * row if len(src.shape) >= 2 else src.nbytes)
+        return
+    whole = p.transform is not None or len(src.shape) < 2  # then the piece is the whole tensor
+    data = model.read(p.source) if whole else model.read(p.source, piece.start, piece.stop)
+    if p.transform:
+        data = p.transform(data)
+    pwrite_all(dst_fd, encode(data, src.dtype, piece.qtype), piece.offset)
 
 
 @contextmanager
@@ -59,16 +139,15 @@ def disk_full_is_an_error(out: Path):
     try:
         yield
     except OSError as e:
-        short_write = e.errno is None and "written" in str(e)  # numpy's tofile on a full disk
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT) and not short_write:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise ConversionError(out.parent, f"the disk is full ({e.strerror or e}) while writing {out.name}; nothing "
                               "was left behind", "free some space, or set OUTPUTS_DIR to a larger disk") from None
 
 
 def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[TensorPlan], types: list[Q],
-          qtype: Q, name: str, log) -> None:
-    """Streams the GGUF: tensor infos first, then header, KV and tensor info, then the data in order."""
+          qtype: Q, name: str, log, threads: int) -> None:
+    """Tensor infos first, then header, KV and tensor info; then the data, in parallel chunks."""
     w.add_name(name)  # every KV is a pure function of the inputs: no dates, no absolute paths
     arch.set_kv(w)
     w.add_file_type(FILE_TYPES[qtype])
@@ -79,18 +158,42 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    width = len(str(len(plans)))
-    for i, (p, t) in enumerate(zip(plans, types), 1):
-        src = model.tensors[p.source]
-        data = model.load(p.source)
-        if p.transform:
-            data = p.transform(data)
-        w.write_tensor_data(encode(data, src.dtype, t))
-        log(f"[{i:{width}}/{len(plans)}] {p.name:<32} {src.dtype:>4} -> {t.name:<5} {list(p.shape)}")
+    fout = w.fout[0]
+    fout.flush()
+    data_start = w.ggml_pad(fout.tell(), w.data_alignment)
+    total = data_start + sum(w.ggml_pad(nbytes(p.shape, t), w.data_alignment) for p, t in zip(plans, types))
+    fd = fout.fileno()
+    os.ftruncate(fd, total)  # zero-filled: the padding between tensors
+    left = {p.name: 0 for p in plans}
+    work = list(pieces(model, plans, types, data_start, w.data_alignment))
+    for piece in work:
+        left[piece.plan.name] += 1
+    done, width = 0, len(str(len(plans)))
+
+    def finished(piece: Piece) -> None:
+        nonlocal done
+        left[piece.plan.name] -= 1
+        if not left[piece.plan.name]:
+            done += 1
+            src = model.tensors[piece.plan.source]
+            log(f"[{done:{width}}/{len(plans)}] {piece.plan.name:<32} {src.dtype:>4} -> {piece.qtype.name:<5} "
+                f"{list(piece.plan.shape)}")
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        running: dict = {}
+        for piece in work:
+            while len(running) > threads:  # a few chunks in memory at a time
+                for f in wait(running, return_when=FIRST_COMPLETED).done:
+                    f.result()
+                    finished(running.pop(f))
+            running[pool.submit(process, model, piece, fd)] = piece
+        for f in list(running):
+            f.result()
+            finished(running.pop(f))
 
 
 def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name: str | None = None,
-            log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> Path:
+            log=lambda msg: print(msg, file=sys.stderr, flush=True), threads: int | None = None) -> Path:
     """Writes out atomically: a temporary file beside it, renamed when complete."""
     start = time.monotonic()
     model = ModelFolder(model_dir)
@@ -110,8 +213,10 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name:
     with atomic_path(out) as tmp, disk_full_is_an_error(out):
         w = gguf.GGUFWriter(tmp, arch.arch_name)
         try:
-            write(w, model, arch, vocab, plans, types, qtype, name or model.path.name, log)
+            write(w, model, arch, vocab, plans, types, qtype, name or model.path.name, log,
+                  threads or os.cpu_count() or 1)
         finally:
+            model.close()
             with suppress(OSError):  # on a full disk, closing fails too; the file is removed regardless
                 w.close()
     size = out.stat().st_size

@@ -6,6 +6,7 @@ loading them runs arbitrary code.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class ModelFolder:
         self.tensors: dict[str, TensorInfo] = {}
         for shard in self._shards():
             self._index_shard(shard)
-        self._maps: dict[Path, np.memmap] = {}
+        self._fds: dict[Path, int] = {}
 
     def _shards(self) -> list[Path]:
         index = self.path / INDEX_NAME
@@ -117,11 +118,34 @@ class ModelFolder:
                 "use the original (unquantized) checkpoint: pre-quantized weights such as GPTQ, AWQ or "
                 "bitsandbytes int8/int4 are not supported")
 
-    def load(self, name: str) -> np.ndarray:
-        """The tensor as a read-only memory-mapped array. BF16 comes back as its uint16 bits."""
+    def fd(self, shard: Path) -> int:
+        """A read-only descriptor of the shard, shared by the worker threads (pread is thread-safe)."""
+        if shard not in self._fds:
+            self._fds[shard] = os.open(shard, os.O_RDONLY)
+        return self._fds[shard]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def row_bytes(self, name: str) -> int:
+        t = self.tensors[name]
+        return t.nbytes // t.shape[0] if t.shape and t.shape[0] else t.nbytes
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows start:stop of the tensor, read into a new array (not memory-mapped: mapped pages would count
+        in the process's resident memory). BF16 comes back as its uint16 bits."""
         self.check_dtype(name)
         t = self.tensors[name]
-        if t.shard not in self._maps:
-            self._maps[t.shard] = np.memmap(t.shard, mode="r", dtype=np.uint8)
-        raw = self._maps[t.shard][t.offset:t.offset + t.nbytes]
-        return raw.view(DTYPES[t.dtype]).reshape(t.shape)
+        rows = t.shape[0] if t.shape else 1
+        stop = rows if stop is None else stop
+        row = self.row_bytes(name)
+        buf = np.empty((stop - start) * row, dtype=np.uint8)
+        view, pos = memoryview(buf), t.offset + start * row
+        while view:
+            n = os.preadv(self.fd(t.shard), [view], pos)
+            if n <= 0:
+                raise ConversionError(t.shard, f"ended while reading tensor {name!r}", "re-download it")
+            view, pos = view[n:], pos + n
+        return buf.view(DTYPES[t.dtype]).reshape((stop - start, *t.shape[1:]) if t.shape else ())

@@ -55,18 +55,41 @@ SAME = {("F32", Q.F32), ("F16", Q.F16), ("BF16", Q.BF16)}  # written bit-exact, 
 CHUNK_BYTES = 8 * 2**20  # source bytes per unit of work
 
 
-def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
-    """Source data (BF16 as uint16 bits) -> the bytes of qtype."""
-    if (src_dtype, qtype) in SAME:
-        return np.ascontiguousarray(array)
+ELEMENTWISE = (Q.F32, Q.F16, Q.BF16)  # converted value by value: layout changes can come after
+TILE = 256
+
+
+def contiguous(a: np.ndarray) -> np.ndarray:
+    """a in C order. A transposed 2-D view is copied tile by tile, which keeps both sides in cache (about
+    twice as fast as numpy's plain copy)."""
+    if a.flags.c_contiguous:
+        return a
+    if a.ndim != 2 or not a.flags.f_contiguous:
+        return np.ascontiguousarray(a)
+    out = np.empty(a.shape, a.dtype)
+    for i in range(0, a.shape[0], TILE):
+        for j in range(0, a.shape[1], TILE):
+            out[i:i + TILE, j:j + TILE] = a[i:i + TILE, j:j + TILE]
+    return out
+
+
+def to_f32(array: np.ndarray, src_dtype: str) -> np.ndarray:
     if src_dtype == "BF16":  # bf16 is the high half of an f32: one widening copy and a shift
-        bits = array.astype(np.uint32, order="C")
+        bits = array.astype(np.uint32)
         bits <<= 16
-        f32 = bits.view(np.float32)
-    else:
-        f32 = np.ascontiguousarray(array, dtype=np.float32)
+        return bits.view(np.float32)
+    return array.astype(np.float32, copy=False)
+
+
+def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
+    """Source data (BF16 as uint16 bits), in C order -> the values of qtype (its bytes, for block types)."""
+    if (src_dtype, qtype) in SAME:
+        return array
+    f32 = to_f32(array, src_dtype)
     if qtype == Q.F16:
-        return f32.astype(np.float16, order="C")
+        return f32.astype(np.float16)
+    if qtype == Q.BF16:  # one uint16 per value, so that a layout change applies to values, not bytes
+        return gguf.quants.quantize(f32, qtype).view(np.uint16)
     return gguf.quants.quantize(f32, qtype)
 
 
@@ -111,7 +134,7 @@ def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int
 
 
 def pwrite_all(fd: int, data, offset: int) -> None:
-    view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
+    view = memoryview(data).cast("B")
     while view:
         n = os.pwrite(fd, view, offset)
         if n <= 0:
@@ -129,9 +152,13 @@ def process(model: ModelFolder, piece: Piece, dst_fd: int) -> None:
         return
     whole = p.transform is not None or len(src.shape) < 2  # then the piece is the whole tensor
     data = model.read(p.source) if whole else model.read(p.source, piece.start, piece.stop)
-    if p.transform:
-        data = p.transform(data)
-    pwrite_all(dst_fd, encode(data, src.dtype, piece.qtype), piece.offset)
+    if p.transform is None:
+        out = encode(data, src.dtype, piece.qtype)
+    elif piece.qtype in ELEMENTWISE:  # convert in the source's layout (fast), then change the layout
+        out = p.transform(encode(data, src.dtype, piece.qtype))
+    else:  # block types quantize rows of the final layout
+        out = encode(contiguous(p.transform(to_f32(data, src.dtype))), "F32", piece.qtype)
+    pwrite_all(dst_fd, contiguous(out), piece.offset)
 
 
 @contextmanager
@@ -182,7 +209,7 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
     with ThreadPoolExecutor(max(1, threads)) as pool:
         running: dict = {}
         for piece in work:
-            while len(running) > threads:  # a few chunks in memory at a time
+            while len(running) >= threads:  # as many chunks in memory as threads
                 for f in wait(running, return_when=FIRST_COMPLETED).done:
                     f.result()
                     finished(running.pop(f))

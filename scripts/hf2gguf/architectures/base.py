@@ -28,6 +28,8 @@ class TensorPlan:
     name: str  # GGUF tensor name
     shape: tuple[int, ...]  # numpy shape as written (GGUF stores it reversed)
     source: str  # Hugging Face tensor name
+    # A layout change only (transpose, permutation of rows), returning a view where it can. The converter
+    # may apply it after the type conversion, so it must not change values.
     transform: Callable[[np.ndarray], np.ndarray] | None = None
 
 

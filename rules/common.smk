@@ -32,6 +32,7 @@ validated(config, "converter_args.schema.yaml", CONFIG_FILE)
 MODELS = config["MODELS_DIR"].rstrip("/")
 OUT = config["OUTPUTS_DIR"].rstrip("/")
 LOGS = f"{OUT}/logs"
+HUB_SOURCE = ".hf2gguf-source.json"  # written by scripts/hub_download.py into the folders it made
 
 # Jobs run `python`: make that this interpreter (say, an unactivated venv's), unless conda provides one.
 if "conda" not in str(workflow.deployment_settings.deployment_method):
@@ -119,8 +120,44 @@ def check(fn, *args):
         raise WorkflowError(str(e)) from None
 
 
+def hub_source(model):
+    """(repo, revision) when HUB_MODELS maps the model, else None."""
+    entry = config["HUB_MODELS"].get(model)
+    if isinstance(entry, str):
+        return entry, "main"
+    return (entry["repo"], entry.get("revision", "main")) if entry else None
+
+
+def ensure_model(model):
+    """A model folder that is missing but mapped in HUB_MODELS is downloaded first (the download checkpoint);
+    a folder placed by hand (no .hf2gguf-source.json) is used as it is, never re-downloaded.
+    """
+    folder = f"{MODELS}/{model}"
+    if hub_source(model) and (
+        not os.path.isdir(folder) or os.path.exists(f"{folder}/{HUB_SOURCE}")
+    ):
+        checkpoints.download.get(model=model)
+
+
+def has_folder(model):
+    folder = f"{MODELS}/{model}"
+    return os.path.isdir(folder) and any(os.scandir(folder))
+
+
+def hub_pending(model):
+    return hub_source(model) is not None and not has_folder(model)
+
+
+def model_ready(wildcards):
+    """Nothing, once the model folder is there: a separate input so that the rest of the job's inputs are
+    computed again when the download checkpoint completes."""
+    ensure_model(wildcards.model)
+    return []
+
+
 def model_fingerprint(wildcards):
     """The model folder's content fingerprint (see pipeline.fingerprint): what conversion depends on."""
+    ensure_model(wildcards.model)
     return check(pipeline.fingerprint, MODELS, wildcards.model, f"{OUT}/fingerprints")
 
 
@@ -145,7 +182,8 @@ def pair_output_inputs(wildcards):
         )
     check(pipeline.check_buildable, wildcards.precision, target)
     precision = pipeline.canonical_precision(wildcards.precision)
-    check(pipeline.model_files, MODELS, wildcards.model)
+    if not hub_pending(wildcards.model):  # else: checked once downloaded (model_ready)
+        check(pipeline.model_files, MODELS, wildcards.model)
     if precision in pipeline.DIRECT_PRECISIONS:
         return {"gguf": intermediate(wildcards.model, precision)}
     ftype = pipeline.intermediate_type(

@@ -5,6 +5,7 @@
 rule quantize:
     input:
         unpack(pair_output_inputs),
+        ready=model_ready,
     output:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
     log:

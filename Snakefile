@@ -22,3 +22,8 @@ include: "rules/download.smk"
 include: "rules/toolchain.smk"
 include: "rules/convert.smk"
 include: "rules/quantize.smk"
+include: "rules/validate.smk"
+
+
+onsuccess:
+    print_summary()

@@ -84,13 +84,41 @@ wildcard_constraints:
 
 
 def default_targets():
-    """The default target: every llama.cpp pair's GGUF for MODEL_NAME."""
+    """The default target (rule all), with a note for pairs that need no conversion."""
     model = config["MODEL_NAME"]
     for pair in DIRECT_PAIRS:
         print(pipeline.direct_framework_message(pair, MODELS, model), file=sys.stderr)
-    return [
+    return default_outputs()
+
+
+def default_outputs():
+    """Each llama.cpp pair's GGUF for MODEL_NAME, its .sha256 and, unless VALIDATE is off, its .json."""
+    model = config["MODEL_NAME"]
+    ggufs = [
         f"{OUT}/{pair}/{model}-{cfg['PRECISION']}.gguf" for pair, cfg in PAIRS.items()
     ]
+    checks = [f"{g}.sha256" for g in ggufs]
+    if config["VALIDATE"]:
+        checks += [g[: -len(".gguf")] + ".json" for g in ggufs]
+    return ggufs + checks
+
+
+def full_precision(wildcards):
+    """The model's full-precision intermediate: the reference of every validation."""
+    ftype = pipeline.intermediate_type(
+        MODELS, wildcards.model, config["INTERMEDIATE_TYPE"]
+    )
+    return intermediate(wildcards.model, ftype)
+
+
+def print_summary():
+    """One line per validated output of the default target, at the end of a successful run."""
+    import json
+
+    for path in default_outputs():
+        if path.endswith(".json") and os.path.exists(path):
+            with open(path) as f:
+                print(pipeline.validation_summary(json.load(f)), file=sys.stderr)
 
 
 # --- the llama.cpp toolchain ------------------------------------------------------------------------
@@ -98,6 +126,13 @@ LLAMA_QUANTIZE = os.environ.get("LLAMA_QUANTIZE") or config["LLAMA_QUANTIZE"]
 TOOLCHAIN = (
     f"{OUT}/toolchain/llama.cpp-{llama_toolchain.build_key(config['LLAMA_CPP_NATIVE'])}"
 )
+
+
+def llama_perplexity():
+    """Beside a configured llama-quantize, else the one the toolchain rule builds."""
+    if LLAMA_QUANTIZE:
+        return os.path.join(os.path.dirname(llama_quantize()), "llama-perplexity")
+    return f"{TOOLCHAIN}/bin/llama-perplexity"
 
 
 def llama_quantize():

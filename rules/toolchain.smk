@@ -5,7 +5,8 @@
 
 rule llama_cpp:
     output:
-        f"{TOOLCHAIN}/bin/llama-quantize",
+        quantize=f"{TOOLCHAIN}/bin/llama-quantize",
+        perplexity=f"{TOOLCHAIN}/bin/llama-perplexity",
     log:
         f"{LOGS}/toolchain/{os.path.basename(TOOLCHAIN)}.log",
     conda:
@@ -15,5 +16,5 @@ rule llama_cpp:
         flags="--native" if config["LLAMA_CPP_NATIVE"] else "",
         script=script("llama_toolchain.py"),
     shell:
-        "python {params.script:q} {params.flags} --jobs {threads} --dest $(dirname {output:q})"
-        " llama-quantize 2>&1 | tee {log:q}"
+        "python {params.script:q} {params.flags} --jobs {threads} --dest $(dirname {output.quantize:q})"
+        " llama-quantize llama-perplexity 2>&1 | tee {log:q}"

@@ -146,6 +146,12 @@ def fingerprint(models_dir: str, model: str, out_dir: str) -> str:
     return str(target)
 
 
+def validation_summary(report: dict) -> str:
+    return (f"{report['gguf']}: {report['file_bytes'] / 1e6:.1f} MB, {report['bits_per_weight']:.2f} bpw, "
+            f"KLD {report['kl_divergence']:.4f}, top-1 {100 * report['top1_agreement']:.1f}%, "
+            f"PPL {report['perplexity']:.2f}")
+
+
 def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str:
     """INTERMEDIATE_TYPE, with auto resolved from the safetensors headers."""
     return full_precision_type(Path(models_dir) / model) if setting == "auto" else setting

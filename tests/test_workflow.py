@@ -34,10 +34,14 @@ def runs_in_llama_cpp(path) -> None:
     assert np.isfinite(scores).all() and scores.std() > 0.1
 
 
+# the default target also checksums and validates each pair's GGUF, against one KL-divergence base per model
+CHECKS = {"kld_base": 1, "validate": 4, "checksum": 4}
+
+
 @pytest.fixture
 def built(workflow):
     run = snakemake(workflow)
-    assert run.jobs() == {"llama_cpp": 1, "convert": 2, "quantize": 4}, run.output
+    assert run.jobs() == {"llama_cpp": 1, "convert": 2, "quantize": 4, **CHECKS}, run.output
     return workflow
 
 
@@ -67,7 +71,7 @@ def test_changing_one_pairs_precision_runs_one_quantize_job(built):
     yaml = built / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml"
     yaml.write_text(yaml.read_text().replace("PRECISION: Q4_K_M", "PRECISION: Q5_K_M"))
     run = snakemake(built)
-    assert run.jobs() == {"quantize": 1}
+    assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1}
     assert (built / "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q5_K_M.gguf").exists()
 
 
@@ -81,7 +85,7 @@ def test_changing_a_model_file_rebuilds_that_model_only(built):
     raw[-1] ^= 0x01  # one bit of the last tensor's data
     weights.write_bytes(bytes(raw))
     run = snakemake(built, "all", str(other.relative_to(built)))
-    assert run.jobs() == {"convert": 2, "quantize": 4}
+    assert run.jobs() == {"convert": 2, "quantize": 4, **CHECKS}
     assert "other-gpt2" not in run.output.split("Job stats")[0].replace(f"{other.relative_to(built)}", "")
     assert {p: p.stat().st_mtime_ns for p in built.glob("outputs/*/other-gpt2-*.gguf")} == before
 
@@ -90,7 +94,7 @@ def test_changing_a_config_file_reconverts(built):
     config = built / "models/tiny-gpt2/config.json"
     config.write_text(config.read_text().replace('"layer_norm_epsilon": 1e-05', '"layer_norm_epsilon": 1e-06'))
     run = snakemake(built)
-    assert run.jobs() == {"convert": 2, "quantize": 4}
+    assert run.jobs() == {"convert": 2, "quantize": 4, **CHECKS}
     eps = gguf.GGUFReader(output(built, "GPU_LLM_LLAMA")).fields["gpt2.attention.layer_norm_epsilon"].contents()
     assert eps == pytest.approx(1e-6)
 
@@ -112,12 +116,13 @@ def test_new_toolchain_flags_make_quantized_outputs_stale(built):
     cfg = built / "configurations/converter_args.yaml"
     cfg.write_text(cfg.read_text().replace("LLAMA_CPP_NATIVE: false", "LLAMA_CPP_NATIVE: true"))
     run = snakemake(built, "-n")
-    assert run.jobs() == {"llama_cpp": 1, "quantize": 2}  # Q4_0 and Q4_K_M; FP16 and Q8_0 need no llama-quantize
+    # Q4_0 and Q4_K_M (FP16 and Q8_0 need no llama-quantize), and every validation (a new llama-perplexity)
+    assert run.jobs() == {"llama_cpp": 1, "quantize": 2, "checksum": 2, "kld_base": 1, "validate": 4}
 
 
 def test_existing_llama_quantize_is_used_without_building(workflow, llama_quantize):
     run = snakemake(workflow, "-n", env={"LLAMA_QUANTIZE": llama_quantize})
-    assert "llama_cpp" not in run.jobs() and run.jobs()["quantize"] == 4
+    assert "llama_cpp" not in run.jobs() and run.jobs()["quantize"] == 4 and run.jobs()["validate"] == 4
     bad = snakemake(workflow, "-n", check=False, env={"LLAMA_QUANTIZE": "/nonexistent/llama-quantize"})
     assert bad.returncode != 0 and "LLAMA_QUANTIZE=/nonexistent/llama-quantize is not an executable file" in bad.output
 

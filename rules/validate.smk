@@ -1,0 +1,59 @@
+# Every output checked in llama.cpp: the logits of the model's full-precision intermediate on the
+# evaluation text are saved once per model (kld_base), then each output is compared with them (validate).
+# The text's sha256 is a param, not an input, so a fresh checkout (new mtimes) revalidates nothing.
+
+
+rule kld_base:
+    input:
+        gguf=full_precision,
+        tool=lambda w: llama_perplexity(),
+        ready=model_ready,
+    output:
+        f"{OUT}/validation/{{model}}.kld",
+    log:
+        f"{LOGS}/validation/{{model}}.kld.log",
+    conda:
+        "../envs/llama-cpp.yaml"
+    threads: 2
+    params:
+        text=script("data/evaluation.txt"),
+        text_sha256=code_digest("data/evaluation.txt"),
+        ctx=config["VALIDATION_CTX"],
+    shell:
+        "{input.tool:q} -m {input.gguf:q} -f {params.text:q} -c {params.ctx} -b {params.ctx} -t {threads}"
+        " --kl-divergence-base {output:q}.tmp > {log:q} 2>&1 && mv {output:q}.tmp {output:q}"
+
+
+rule validate:
+    input:
+        gguf=f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
+        base=f"{OUT}/validation/{{model}}.kld",
+        tool=lambda w: llama_perplexity(),
+    output:
+        f"{OUT}/{{pair}}/{{model}}-{{precision}}.json",
+    log:
+        f"{LOGS}/validation/{{pair}}/{{model}}-{{precision}}.log",
+    conda:
+        "../envs/converter.yaml"
+    threads: 2
+    params:
+        script=script("validate.py"),
+        code=code_digest("validate.py"),
+        ctx=config["VALIDATION_CTX"],
+    shell:
+        "python {params.script:q} {input.gguf:q} --kld-base {input.base:q} --perplexity {input.tool:q}"
+        " --ctx {params.ctx} --threads {threads} -o {output:q} > {log:q} 2>&1"
+
+
+rule checksum:
+    input:
+        f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
+    output:
+        f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf.sha256",
+    log:
+        f"{LOGS}/checksum/{{pair}}/{{model}}-{{precision}}.log",
+    conda:
+        "../envs/converter.yaml"
+    shell:
+        "(cd $(dirname {input:q}) && sha256sum $(basename {input:q})) > {output:q}.tmp 2> {log:q}"
+        " && mv {output:q}.tmp {output:q}"

@@ -1,0 +1,74 @@
+"""Validation reports from llama.cpp, checksums, the end-of-run summary, and reproducible builds."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from conftest import snakemake
+
+pytestmark = pytest.mark.workflow
+OUTPUTS = {"AGX_ORIN_LLM_LLAMA": "FP16", "ARM_LLM_LLAMA": "Q4_0", "CPU_LLM_LLAMA": "Q8_0", "GPU_LLM_LLAMA": "Q4_K_M"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from conftest import copy_workflow
+
+    wf = copy_workflow(tmp_path_factory.mktemp("validation") / "wf")
+    run = snakemake(wf)
+    return wf, run
+
+
+def report(wf, pair):
+    return json.loads((wf / f"outputs/{pair}/tiny-gpt2-{OUTPUTS[pair]}.json").read_text())
+
+
+def test_every_output_has_a_report_from_llama_cpp(built):
+    wf, _ = built
+    for pair, precision in OUTPUTS.items():
+        r = report(wf, pair)
+        gguf_path = wf / f"outputs/{pair}/tiny-gpt2-{precision}.gguf"
+        assert r["loaded"] is True and r["file_bytes"] == gguf_path.stat().st_size
+        assert r["parameters"] == 1907712 and sum(r["tensors_by_type"].values()) == 28
+        assert r["llama_cpp_build"] == "b11312 (0c1e570)" and r["wall_seconds"] > 0
+        assert r["perplexity"] > 1 and 0 <= r["top1_agreement"] <= 1
+
+
+def test_f16_against_itself_and_fewer_bits_cost_more(built):
+    wf, _ = built
+    f16, q8, q4km = (report(wf, p) for p in ("AGX_ORIN_LLM_LLAMA", "CPU_LLM_LLAMA", "GPU_LLM_LLAMA"))
+    assert f16["kl_divergence"] < 1e-5 and f16["top1_agreement"] == 1.0
+    assert f16["tensors_by_type"] == {"F16": 9, "F32": 19}
+    assert 0 < q8["kl_divergence"] < q4km["kl_divergence"]
+    assert q4km["bits_per_weight"] < q8["bits_per_weight"] < f16["bits_per_weight"]
+    assert q4km["tensors_by_type"]["Q4_K"] > 0
+
+
+def test_checksums_and_summary(built):
+    wf, run = built
+    for pair, precision in OUTPUTS.items():
+        name = f"tiny-gpt2-{precision}.gguf"
+        digest = hashlib.sha256((wf / f"outputs/{pair}/{name}").read_bytes()).hexdigest()
+        assert (wf / f"outputs/{pair}/{name}.sha256").read_text() == f"{digest}  {name}\n"
+    r = report(wf, "GPU_LLM_LLAMA")
+    assert (f"outputs/GPU_LLM_LLAMA/tiny-gpt2-Q4_K_M.gguf: {r['file_bytes'] / 1e6:.1f} MB, "
+            f"{r['bits_per_weight']:.2f} bpw, KLD {r['kl_divergence']:.4f}") in run.output
+
+
+def test_validation_can_be_switched_off(workflow):
+    cfg = workflow / "configurations/converter_args.yaml"
+    cfg.write_text(cfg.read_text().replace("VALIDATE: true", "VALIDATE: false"))
+    jobs = snakemake(workflow, "-n").jobs()
+    assert "validate" not in jobs and "kld_base" not in jobs and jobs["checksum"] == 4
+
+
+def test_two_clean_builds_are_byte_identical(built, tmp_path):
+    from conftest import copy_workflow
+
+    wf, _ = built
+    again = copy_workflow(tmp_path / "again")
+    snakemake(again, *[f"outputs/{p}/tiny-gpt2-{q}.gguf.sha256" for p, q in OUTPUTS.items()])
+    for pair, precision in OUTPUTS.items():
+        sums = [(w / f"outputs/{pair}/tiny-gpt2-{precision}.gguf.sha256").read_text() for w in (wf, again)]
+        assert sums[0] == sums[1], pair

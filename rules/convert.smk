@@ -21,4 +21,5 @@ rule convert:
         code=code_digest("convert.py", "hf2gguf"),
     shell:
         "python {params.script:q} {params.folder:q} -o {output:q} --outtype {wildcards.ftype} --threads {threads}"
+        " --fingerprint {input:q}"
         " 2>&1 | tee {log:q}"

@@ -57,7 +57,10 @@ def test_a_missing_model_is_downloaded_then_converted(wf, hub, tmp_path):
     source = json.loads((folder / ".hf2gguf-source.json").read_text())
     assert source["repo"] == "test-org/tiny-gpt2" and source["commit"] == hub.resolve(hub.repos["test-org/tiny-gpt2"], "main")
     assert (folder / "model.safetensors").read_bytes() == TINY["model.safetensors"]
-    assert gguf.GGUFReader(wf / target).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    fields = gguf.GGUFReader(wf / target).fields
+    assert fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert fields["hf2gguf.source.repo"].contents() == "test-org/tiny-gpt2"
+    assert fields["hf2gguf.source.commit"].contents() == source["commit"]
     assert not list((wf / "models").glob(".*download*"))
     n = len(hub.requests)
     assert snakemake(wf, target, env=env(hub.url, tmp_path)).jobs() == {}

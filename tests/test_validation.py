@@ -72,3 +72,20 @@ def test_two_clean_builds_are_byte_identical(built, tmp_path):
     for pair, precision in OUTPUTS.items():
         sums = [(w / f"outputs/{pair}/tiny-gpt2-{precision}.gguf.sha256").read_text() for w in (wf, again)]
         assert sums[0] == sums[1], pair
+
+
+def test_each_gguf_says_where_it_came_from(built):
+    import gguf
+    from conftest import ROOT
+
+    wf, _ = built
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (ROOT / "models/tiny-gpt2").iterdir()
+             if p.name != "README.md"}
+    source = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    for pair, precision in OUTPUTS.items():
+        fields = gguf.GGUFReader(wf / f"outputs/{pair}/tiny-gpt2-{precision}.gguf").fields
+        kv = {k: fields[k].contents() for k in fields if k.startswith("hf2gguf.")}
+        assert kv["hf2gguf.source.sha256"] == source and kv["hf2gguf.version"] == "0.1.0"
+        assert kv["hf2gguf.precision"] == {"FP16": "F16"}.get(precision, precision)
+        if precision.startswith("Q4"):  # made by llama-quantize
+            assert kv["hf2gguf.llama_cpp"] == "b11312-0c1e570"

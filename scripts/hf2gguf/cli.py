@@ -33,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="tensor type of the weights; auto = BF16 for bf16 checkpoints, else F16 (default: auto)")
     p.add_argument("--name", help="general.name (default: the model folder's name)")
     p.add_argument("--threads", type=int, help="worker threads (default: the CPU count)")
+    p.add_argument("--fingerprint", help="the workflow's fingerprint of the model folder, recorded as "
+                   "hf2gguf.source.sha256")
     p.add_argument("--version", action="version", version=f"hf2gguf {__version__}")
     a = p.parse_args(argv)
     keep_big_buffers_out_of_the_heap()
     try:
-        convert(a.model_dir, a.output, a.outtype, a.name, threads=a.threads)
+        convert(a.model_dir, a.output, a.outtype, a.name, threads=a.threads, fingerprint=a.fingerprint)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

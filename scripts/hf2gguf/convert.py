@@ -172,10 +172,33 @@ def disk_full_is_an_error(out: Path):
                               "was left behind", "free some space, or set OUTPUTS_DIR to a larger disk") from None
 
 
+def provenance(model: ModelFolder, fingerprint: str | Path | None, outtype: str) -> dict[str, str]:
+    """KV pairs saying where the file came from: the converter's version, the precision, a digest over the
+    source files' sha256 (from the workflow's fingerprint file) and, for a folder fetched from the Hub, the
+    repository and commit."""
+    import hashlib
+    import json
+
+    from . import __version__
+
+    kv = {"hf2gguf.version": __version__, "hf2gguf.precision": outtype}
+    if fingerprint:
+        files = json.loads(Path(fingerprint).read_text())["files"]
+        kv["hf2gguf.source.sha256"] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    hub = model.path / ".hf2gguf-source.json"
+    if hub.exists():
+        source = json.loads(hub.read_text())
+        kv["hf2gguf.source.repo"] = source["repo"]
+        kv["hf2gguf.source.commit"] = source["commit"]
+    return kv
+
+
 def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[TensorPlan], types: list[Q],
-          qtype: Q, name: str, log, threads: int) -> None:
+          qtype: Q, name: str, log, threads: int, extra_kv: dict[str, str]) -> None:
     """Tensor infos first, then header, KV and tensor info; then the data, in parallel chunks."""
     w.add_name(name)  # every KV is a pure function of the inputs: no dates, no absolute paths
+    for key, value in extra_kv.items():
+        w.add_string(key, value)
     arch.set_kv(w)
     w.add_file_type(FILE_TYPES[qtype])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -220,7 +243,8 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
 
 
 def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name: str | None = None,
-            log=lambda msg: print(msg, file=sys.stderr, flush=True), threads: int | None = None) -> Path:
+            log=lambda msg: print(msg, file=sys.stderr, flush=True), threads: int | None = None,
+            fingerprint: str | Path | None = None) -> Path:
     """Writes out atomically: a temporary file beside it, renamed when complete."""
     start = time.monotonic()
     model = ModelFolder(model_dir)
@@ -241,7 +265,7 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name:
         w = gguf.GGUFWriter(tmp, arch.arch_name)
         try:
             write(w, model, arch, vocab, plans, types, qtype, name or model.path.name, log,
-                  threads or os.cpu_count() or 1)
+                  threads or os.cpu_count() or 1, provenance(model, fingerprint, outtype))
         finally:
             model.close()
             with suppress(OSError):  # on a full disk, closing fails too; the file is removed regardless

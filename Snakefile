@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "configurations/converter_args.yaml"
 
 
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 

@@ -100,6 +100,7 @@ def default_outputs():
     checks = [f"{g}.sha256" for g in ggufs]
     if config["VALIDATE"]:
         checks += [g[: -len(".gguf")] + ".json" for g in ggufs]
+        checks += [f"{OUT}/report/size_vs_kld.png"] if ggufs else []
     return ggufs + checks
 
 

@@ -11,7 +11,7 @@ rule llama_cpp:
         f"{LOGS}/toolchain/{os.path.basename(TOOLCHAIN)}.log",
     conda:
         "../envs/toolchain.yaml"
-    threads: workflow.cores
+    threads: os.cpu_count() or 1
     params:
         flags="--native" if config["LLAMA_CPP_NATIVE"] else "",
         script=script("llama_toolchain.py"),

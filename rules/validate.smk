@@ -39,10 +39,11 @@ rule validate:
     params:
         script=script("validate.py"),
         code=code_digest("validate.py"),
+        text=script("data/evaluation.txt"),
         ctx=config["VALIDATION_CTX"],
     shell:
         "python {params.script:q} {input.gguf:q} --kld-base {input.base:q} --perplexity {input.tool:q}"
-        " --ctx {params.ctx} --threads {threads} -o {output:q} > {log:q} 2>&1"
+        " --text {params.text:q} --ctx {params.ctx} --threads {threads} -o {output:q} > {log:q} 2>&1"
 
 
 rule checksum:
@@ -57,3 +58,28 @@ rule checksum:
     shell:
         "(cd $(dirname {input:q}) && sha256sum $(basename {input:q})) > {output:q}.tmp 2> {log:q}"
         " && mv {output:q}.tmp {output:q}"
+
+
+rule plot:
+    input:
+        lambda w: [p for p in default_outputs() if p.endswith(".json")],
+    output:
+        plot=report(
+            f"{OUT}/report/size_vs_kld.png",
+            caption="report/size_vs_kld.rst",
+            category="Quality",
+        ),
+        table=report(
+            f"{OUT}/report/validation.html",
+            caption="report/validation.rst",
+            category="Quality",
+        ),
+    log:
+        f"{LOGS}/report/plot.log",
+    conda:
+        "../envs/converter.yaml"
+    params:
+        script=script("plot.py"),
+        code=code_digest("plot.py"),
+    shell:
+        "python {params.script:q} {input:q} --plot {output.plot:q} --table {output.table:q} > {log:q} 2>&1"

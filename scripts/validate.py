@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Check one GGUF in llama.cpp and measure what its precision cost, into a JSON report.
 
-    python scripts/validate.py OUT.gguf --kld-base MODEL.kld --perplexity llama-perplexity -o OUT.json
+    python scripts/validate.py OUT.gguf --kld-base MODEL.kld --text TEXT --perplexity llama-perplexity -o OUT.json
 
-Runs `llama-perplexity --kl-divergence` against the logits that `--kl-divergence-base` saved for the model's
-full-precision intermediate on the evaluation text, and records: file size, bits per weight, tensors by type,
+Has llama.cpp's `llama-perplexity --kl-divergence-base` compute the output's log-probabilities on the evaluation
+text, compares them with those it saved for the model's full-precision intermediate, and records: file size, bits per weight, tensors by type,
 whether llama.cpp loaded it, perplexity, mean KL divergence and top-1 agreement with the intermediate, wall
 time and the llama.cpp build.
 """
@@ -13,7 +13,6 @@ import argparse
 import collections
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -21,11 +20,52 @@ from pathlib import Path
 
 from pipeline import validation_summary
 
-PATTERNS = {
-    "perplexity": r"Mean PPL\(Q\)\s*:\s*([0-9.]+)",
-    "kl_divergence": r"Mean\s+KLD:\s*([0-9.eE+-]+)",
-    "top1_agreement": r"Same top p:\s*([0-9.]+)",
-}
+MAGIC = b"_logits_"
+NEG_CUTOFF = -16.0  # llama.cpp ignores base probabilities below exp(-16) in its KL sum; so do we
+
+
+def read_log_probs(path: Path):
+    """A `llama-perplexity --kl-divergence-base` file: (tokens, per-chunk rows of log-probabilities).
+
+    Layout (tools/perplexity, b11312): "_logits_", n_ctx, n_vocab, n_chunk (int32), the tokens (int32,
+    n_chunk * n_ctx), then for each chunk the last n_ctx - 1 - n_ctx/2 positions, each as two floats (scale,
+    min) and n_vocab (padded to even) uint16 q with log p = scale * q + min."""
+    import numpy as np
+
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw[:8].tobytes() != MAGIC:
+        raise SystemExit(f"error: {path} is not a llama-perplexity logits file")
+    n_ctx, n_vocab, n_chunk = (int(x) for x in raw[8:20].view(np.int32))
+    tokens = raw[20:20 + 4 * n_ctx * n_chunk].view(np.int32).reshape(n_chunk, n_ctx)
+    nv = 2 * ((n_vocab + 1) // 2) + 4
+    first = n_ctx // 2
+    rows = n_ctx - 1 - first
+    body = raw[20 + 4 * n_ctx * n_chunk:]
+    if body.size != n_chunk * rows * nv * 2:
+        raise SystemExit(f"error: {path} is incomplete ({body.size} of {n_chunk * rows * nv * 2} bytes)")
+    data = body.view(np.uint16).reshape(n_chunk, rows, nv)
+    scale = data[:, :, 0:2].copy().view(np.float32)[..., 0]
+    low = data[:, :, 2:4].copy().view(np.float32)[..., 0]
+    log_p = data[:, :, 4:4 + n_vocab].astype(np.float32) * scale[..., None] + low[..., None]
+    targets = tokens[:, first + 1:first + 1 + rows]
+    return tokens, log_p, targets
+
+
+def compare(base_path: Path, quant_path: Path) -> dict:
+    """KL divergence, top-1 agreement and perplexity of the output against the intermediate."""
+    import numpy as np
+
+    base_tokens, base, targets = read_log_probs(base_path)
+    tokens, quant, _ = read_log_probs(quant_path)
+    if base.shape != quant.shape or not np.array_equal(base_tokens, tokens):
+        raise SystemExit(f"error: {quant_path} and {base_path} cover different tokens or vocabularies")
+    p = np.where(base > NEG_CUTOFF, np.exp(base), 0.0)
+    kld = (p * (base - quant)).sum(-1)
+    nll = -np.take_along_axis(quant, targets[..., None], -1)[..., 0]
+    return {"kl_divergence": round(float(kld.mean()), 6),
+            "top1_agreement": round(float((base.argmax(-1) == quant.argmax(-1)).mean()), 5),
+            "perplexity": round(float(np.exp(nll.mean())), 4),
+            "evaluated_tokens": int(kld.size)}
 
 
 def gguf_facts(path: Path) -> dict:
@@ -49,30 +89,27 @@ def llama_cpp_build(tool: str) -> str | None:
         return None
 
 
-def validate(gguf_path: Path, kld_base: Path, perplexity: str, ctx: int, threads: int = 1) -> dict:
+def validate(gguf_path: Path, kld_base: Path, perplexity: str, text: Path, ctx: int, threads: int = 1) -> dict:
+    """llama.cpp computes the output's log-probabilities on the evaluation text (the same call that made the
+    intermediate's base); the comparison is done here, from the two files. (b11312's llama-perplexity can exit
+    before its logger has printed its own summary, so that text is not relied on.)"""
     report = {"gguf": str(gguf_path), **gguf_facts(gguf_path)}
-    # -c and -b as for the base: with a larger batch, b11312 stops before its summary on short texts
-    cmd = [perplexity, "-m", str(gguf_path), "--kl-divergence-base", str(kld_base), "--kl-divergence",
-           "-c", str(ctx), "-b", str(ctx), "-t", str(threads)]
+    logits = gguf_path.with_name(f".{gguf_path.name}.logits-{os.getpid()}")
+    cmd = [perplexity, "-m", str(gguf_path), "-f", str(text), "-c", str(ctx), "-b", str(ctx), "-t", str(threads),
+           "--kl-divergence-base", str(logits)]
     print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
-    for attempt in range(1, 4):
+    try:
         start = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        proc = subprocess.run(cmd, stderr=subprocess.STDOUT, stdout=sys.stderr)
         report["wall_seconds"] = round(time.monotonic() - start, 3)
-        out = proc.stdout + proc.stderr
-        sys.stderr.write(out)
-        if proc.returncode != 0 or all(re.search(p, out) for p in PATTERNS.values()):
-            break
-        # b11312's logger thread can lose the last lines at exit, more often on a busy machine
-        print(f"\nllama-perplexity exited 0 without its summary (attempt {attempt} of 3)", file=sys.stderr)
+        report["loaded"] = proc.returncode == 0 and logits.exists()
+        if not report["loaded"]:
+            raise SystemExit(f"error: llama.cpp could not load or run {gguf_path} (exit code {proc.returncode}); "
+                             "its messages are above")
+        report |= compare(kld_base, logits)
+    finally:
+        logits.unlink(missing_ok=True)
     report["llama_cpp_build"] = llama_cpp_build(perplexity)
-    values = {k: re.search(p, out) for k, p in PATTERNS.items()}
-    report["loaded"] = proc.returncode == 0 and all(values.values())
-    if not report["loaded"]:
-        raise SystemExit(f"error: llama.cpp could not evaluate {gguf_path} (exit code {proc.returncode}); its "
-                         "messages are above")
-    report |= {k: float(m.group(1)) for k, m in values.items()}
-    report["top1_agreement"] = round(report["top1_agreement"] / 100, 5)
     return report
 
 
@@ -82,10 +119,11 @@ def main(argv=None) -> int:
     ap.add_argument("--kld-base", type=Path, required=True)
     ap.add_argument("--perplexity", required=True, help="the llama-perplexity binary")
     ap.add_argument("-o", "--output", type=Path, required=True)
+    ap.add_argument("--text", type=Path, required=True, help="the evaluation text the base was computed on")
     ap.add_argument("--ctx", type=int, default=128, help="context size the base was computed with")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
-    report = validate(a.gguf, a.kld_base, a.perplexity, a.ctx, a.threads)
+    report = validate(a.gguf, a.kld_base, a.perplexity, a.text, a.ctx, a.threads)
     tmp = a.output.with_name(f".{a.output.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, a.output)

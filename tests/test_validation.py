@@ -89,3 +89,38 @@ def test_each_gguf_says_where_it_came_from(built):
         assert kv["hf2gguf.precision"] == {"FP16": "F16"}.get(precision, precision)
         if precision.startswith("Q4"):  # made by llama-quantize
             assert kv["hf2gguf.llama_cpp"] == "b11312-0c1e570"
+
+
+def test_the_html_report_has_the_plot_table_and_dag(built, tmp_path):
+    import base64
+
+    wf, _ = built
+    plot = wf / "outputs/report/size_vs_kld.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (wf / "outputs/report/validation.html").read_text()
+    assert table.count("<tr>") == 5 and "Q4_K_M" in table and "b11312 (0c1e570)" in table
+    snakemake(wf, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    assert base64.b64encode(plot.read_bytes()).decode()[200:400] in html  # the plot itself is embedded
+    assert "File size against the mean KL divergence" in html  # its caption
+    assert "validation.html" in html and all(rule in html for rule in ("kld_base", "validate", "quantize"))
+
+
+def test_our_comparison_agrees_with_llama_cpps_own_summary(built):
+    """llama-perplexity --kl-divergence prints the same statistics itself, when its logger gets to flush them."""
+    import re
+    import subprocess
+
+    wf, _ = built
+    tool = next((wf / "outputs/toolchain").glob("*/bin/llama-perplexity"))
+    r = report(wf, "GPU_LLM_LLAMA")
+    for _ in range(10):
+        out = subprocess.run([tool, "-m", wf / "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q4_K_M.gguf", "--kl-divergence-base",
+                              wf / "outputs/validation/tiny-gpt2.kld", "--kl-divergence", "-c", "128", "-b", "128"],
+                             capture_output=True, text=True)
+        kld, top = re.search(r"Mean\s+KLD:\s*([0-9.]+)", out.stdout), re.search(r"Same top p:\s*([0-9.]+)", out.stdout)
+        if kld and top:
+            break
+    assert kld and top, "llama-perplexity never printed its summary"
+    assert abs(float(kld.group(1)) - r["kl_divergence"]) < 2e-4
+    assert abs(float(top.group(1)) / 100 - r["top1_agreement"]) < 2e-3

@@ -35,7 +35,7 @@ def runs_in_llama_cpp(path) -> None:
 
 
 # the default target also checksums and validates each pair's GGUF, against one KL-divergence base per model
-CHECKS = {"kld_base": 1, "validate": 4, "checksum": 4}
+CHECKS = {"kld_base": 1, "validate": 4, "checksum": 4, "plot": 1}
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_changing_one_pairs_precision_runs_one_quantize_job(built):
     yaml = built / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml"
     yaml.write_text(yaml.read_text().replace("PRECISION: Q4_K_M", "PRECISION: Q5_K_M"))
     run = snakemake(built)
-    assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1}
+    assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1}
     assert (built / "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q5_K_M.gguf").exists()
 
 
@@ -117,7 +117,7 @@ def test_new_toolchain_flags_make_quantized_outputs_stale(built):
     cfg.write_text(cfg.read_text().replace("LLAMA_CPP_NATIVE: false", "LLAMA_CPP_NATIVE: true"))
     run = snakemake(built, "-n")
     # Q4_0 and Q4_K_M (FP16 and Q8_0 need no llama-quantize), and every validation (a new llama-perplexity)
-    assert run.jobs() == {"llama_cpp": 1, "quantize": 2, "checksum": 2, "kld_base": 1, "validate": 4}
+    assert run.jobs() == {"llama_cpp": 1, "quantize": 2, "checksum": 2, "kld_base": 1, "validate": 4, "plot": 1}
 
 
 def test_existing_llama_quantize_is_used_without_building(workflow, llama_quantize):

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""The report's figure and table: size against KL divergence, one point per output, from the validation JSONs.
+
+    python scripts/plot.py outputs/*/*.json --plot size_vs_kld.png --table validation.html
+"""
+import argparse
+import html
+import json
+import os
+from pathlib import Path
+
+
+def load(paths):
+    rows = []
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        gguf = Path(r["gguf"])
+        model, precision = gguf.stem.rsplit("-", 1)
+        rows.append({"pair": gguf.parent.name, "model": model, "precision": precision, **r})
+    return sorted(rows, key=lambda r: (r["model"], r["pair"]))
+
+
+def plot(rows, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    markers = "osD^v<>P*X"
+    pairs = sorted({r["pair"] for r in rows})
+    for i, pair in enumerate(pairs):
+        pts = [r for r in rows if r["pair"] == pair]
+        # a KL divergence of 0 (the full-precision output) cannot sit on a log axis: shown at 1e-6
+        ax.scatter([r["file_bytes"] / 1e6 for r in pts], [max(r["kl_divergence"], 1e-6) for r in pts],
+                   marker=markers[i % len(markers)], s=60, label=pair)
+        for r in pts:
+            ax.annotate(f"{r['model']} {r['precision']}", (r["file_bytes"] / 1e6, max(r["kl_divergence"], 1e-6)),
+                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_yscale("log")
+    ax.margins(x=0.15, y=0.1)
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("mean KL divergence from full precision (nats/token)")
+    ax.set_title("What each precision costs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="pair", fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, metadata={"Software": None})  # no version or date: reruns give the same bytes
+    os.replace(tmp, out)
+
+
+def table(rows, out: Path) -> None:
+    cols = ["pair", "model", "precision", "file_bytes", "bits_per_weight", "kl_divergence", "top1_agreement",
+            "perplexity", "loaded", "wall_seconds", "llama_cpp_build"]
+    head = "".join(f"<th>{c}</th>" for c in cols + ["tensors_by_type"])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for c in cols) +
+                   f"<td>{html.escape(json.dumps(r['tensors_by_type']))}</td></tr>" for r in rows)
+    out.write_text(f"<html><body><table border='1'><tr>{head}</tr>{body}</table></body></html>\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("reports", nargs="+")
+    ap.add_argument("--plot", type=Path, required=True)
+    ap.add_argument("--table", type=Path, required=True)
+    a = ap.parse_args(argv)
+    rows = load(a.reports)
+    plot(rows, a.plot)
+    table(rows, a.table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

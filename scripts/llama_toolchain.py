@@ -180,6 +180,16 @@ def _run(cmd: list[str]) -> None:
         raise ToolchainError(f"command failed with exit code {res.returncode}: {' '.join(cmd)}")
 
 
+def installed_build(tool: str) -> tuple[str, str] | None:
+    """(build, commit) of a binary installed by this script, from build-info.json beside its bin/ folder;
+    None for a binary from elsewhere."""
+    try:
+        data = json.loads((Path(tool).resolve().parent.parent / "build-info.json").read_text())
+        return data["llama_build"], data["commit"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def install(targets: list[str], dest: Path, **kw) -> None:
     """Copies the cached binaries into dest (the workflow's toolchain folder), atomically each."""
     bindir = build(targets, **kw)

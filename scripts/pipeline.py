@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from hf2gguf.atomic import atomic_path
 from hf2gguf.peek import full_precision_type
 
 # Written by our converter directly (no llama-quantize).
@@ -140,9 +141,8 @@ def fingerprint(models_dir: str, model: str, out_dir: str) -> str:
     text = json.dumps({"model": model, "files": digests}, indent=1, sort_keys=True) + "\n"
     for path, content in ((target, text), (cache_path, json.dumps(fresh) + "\n")):
         if not path.exists() or path.read_text() != content:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(content)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                tmp.write_text(content)
     return str(target)
 
 

@@ -16,17 +16,7 @@ import sys
 from pathlib import Path
 
 from hf2gguf.atomic import atomic_path
-
-
-def llama_cpp_build(tool: str) -> str | None:
-    """The toolchain's build (b11312 (0c1e570)), from its build-info.json; None for a binary from elsewhere."""
-    import json
-
-    try:
-        data = json.loads((Path(tool).resolve().parent.parent / "build-info.json").read_text())
-        return f"{data['llama_build']}-{data['commit']}"
-    except (OSError, ValueError, KeyError):
-        return None
+from llama_toolchain import installed_build
 
 
 def run_llama_quantize(cmd: list[str]) -> tuple[int, list[str]]:
@@ -43,8 +33,10 @@ def run_llama_quantize(cmd: list[str]) -> tuple[int, list[str]]:
 def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None) -> None:
     with atomic_path(out) as tmp:
         if tool:
-            build = llama_cpp_build(tool)
-            kv = [f"hf2gguf.precision=str:{qtype}"] + ([f"hf2gguf.llama_cpp=str:{build}"] if build else [])
+            build = installed_build(tool)
+            kv = [f"hf2gguf.precision=str:{qtype}"]
+            if build:
+                kv.append(f"hf2gguf.llama_cpp=str:{'-'.join(build)}")
             cmd = [tool, *(a for k in kv for a in ("--override-kv", k)), str(src), str(tmp), qtype, str(threads)]
             print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
             returncode, fallbacks = run_llama_quantize(cmd)

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from hf2gguf.atomic import atomic_path
+from llama_toolchain import installed_build
 from pipeline import validation_summary
 
 MAGIC = b"_logits_"
@@ -79,16 +81,6 @@ def gguf_facts(path: Path) -> dict:
             "tensors_by_type": dict(sorted(types.items()))}
 
 
-def llama_cpp_build(tool: str) -> str | None:
-    """From the toolchain's build-info.json beside bin/; None for a binary from elsewhere."""
-    info = Path(tool).resolve().parent.parent / "build-info.json"
-    try:
-        data = json.loads(info.read_text())
-        return f"{data['llama_build']} ({data['commit']})"
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def validate(gguf_path: Path, kld_base: Path, perplexity: str, text: Path, ctx: int, threads: int = 1) -> dict:
     """llama.cpp computes the output's log-probabilities on the evaluation text (the same call that made the
     intermediate's base); the comparison is done here, from the two files. (b11312's llama-perplexity can exit
@@ -109,7 +101,8 @@ def validate(gguf_path: Path, kld_base: Path, perplexity: str, text: Path, ctx: 
         report |= compare(kld_base, logits)
     finally:
         logits.unlink(missing_ok=True)
-    report["llama_cpp_build"] = llama_cpp_build(perplexity)
+    build = installed_build(perplexity)
+    report["llama_cpp_build"] = f"{build[0]} ({build[1]})" if build else None
     return report
 
 
@@ -124,9 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     report = validate(a.gguf, a.kld_base, a.perplexity, a.text, a.ctx, a.threads)
-    tmp = a.output.with_name(f".{a.output.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, a.output)
+    with atomic_path(a.output) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
     print(validation_summary(report), file=sys.stderr)
     return 0
 

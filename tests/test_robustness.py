@@ -18,7 +18,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from conftest import TINY, make_gpt2, snakemake, write_safetensors
+from conftest import TINY, make_gpt2, snakemake
 
 import quantize
 from hf2gguf.convert import convert

@@ -1,6 +1,7 @@
 # Configuration loading and validation, wildcard constraints and input functions. No rules here.
 import hashlib
 import os
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -129,11 +130,11 @@ TOOLCHAIN = (
 )
 
 
-def llama_perplexity():
-    """Beside a configured llama-quantize, else the one the toolchain rule builds."""
+def llama_tool(name):
+    """llama-perplexity, llama-imatrix: beside a configured llama-quantize, else built by the toolchain rule."""
     if LLAMA_QUANTIZE:
-        return os.path.join(os.path.dirname(llama_quantize()), "llama-perplexity")
-    return f"{TOOLCHAIN}/bin/llama-perplexity"
+        return os.path.join(os.path.dirname(llama_quantize()), name)
+    return f"{TOOLCHAIN}/bin/{name}"
 
 
 def llama_quantize():
@@ -216,16 +217,39 @@ def pair_output_inputs(wildcards):
             f"{target}: there is no pair {pair} ({CONFIG_DIR}/{pair}/ does not exist). "
             f"Configured pairs: {', '.join(PAIRS) or '(none)'}"
         )
-    check(pipeline.check_buildable, wildcards.precision, target)
+    options, use_imatrix = check(
+        pipeline.quantize_options, PAIRS[pair], wildcards.precision, target
+    )
     precision = pipeline.canonical_precision(wildcards.precision)
     if not hub_pending(wildcards.model):  # else: checked once downloaded (model_ready)
         check(pipeline.model_files, MODELS, wildcards.model)
-    if precision in pipeline.DIRECT_PRECISIONS:
+    if precision in pipeline.DIRECT_PRECISIONS and not options and not use_imatrix:
         return {"gguf": intermediate(wildcards.model, precision)}
     ftype = pipeline.intermediate_type(
         MODELS, wildcards.model, config["INTERMEDIATE_TYPE"]
     )
-    return {"gguf": intermediate(wildcards.model, ftype), "tool": llama_quantize()}
+    inputs = {"gguf": intermediate(wildcards.model, ftype), "tool": llama_quantize()}
+    if use_imatrix:
+        inputs["imatrix"] = f"{OUT}/imatrix/{wildcards.model}.gguf"
+    return inputs
+
+
+def quantize_arguments(wildcards):
+    """The pair's llama-quantize options, as arguments of scripts/quantize.py. A param of its own (not derived
+    from the inputs, which Snakemake leaves out of its params comparison), so changing one reruns the job.
+    """
+    options, _ = pipeline.quantize_options(PAIRS[wildcards.pair], wildcards.precision)
+    return " ".join(shlex.quote(o) for o in options)
+
+
+def quantize_tools(wildcards, input):
+    """--llama-quantize and --imatrix, when the job uses them."""
+    tools = [("--llama-quantize", "tool"), ("--imatrix", "imatrix")]
+    return " ".join(
+        f"{flag} {shlex.quote(input[name])}"
+        for flag, name in tools
+        if name in input.keys()
+    )
 
 
 def script(name):

@@ -1,5 +1,6 @@
-# One pair's GGUF: llama-quantize from the model's intermediate, or a copy of the converter's output for
-# the precisions it writes directly (F32, F16, BF16, Q8_0).
+# One pair's GGUF: llama-quantize from the model's intermediate, with the pair's options and, for the
+# precisions that need one (or IMATRIX: true), an importance matrix computed once per model (rule imatrix);
+# or a copy of the converter's output for the precisions it writes directly (F32, F16, BF16, Q8_0).
 
 
 rule quantize:
@@ -15,11 +16,31 @@ rule quantize:
     threads: 2
     params:
         type=lambda w: pipeline.canonical_precision(w.precision),
-        tool=lambda w, input: (
-            f"--llama-quantize {input.tool}" if "tool" in input.keys() else ""
-        ),
+        options=quantize_arguments,
+        tools=quantize_tools,
         script=script("quantize.py"),
         code=code_digest("quantize.py", "hf2gguf/atomic.py"),
     shell:
         "python {params.script:q} {input.gguf:q} {output:q} {params.type} --threads {threads}"
-        " {params.tool} 2>&1 | tee {log:q}"
+        " {params.tools} {params.options} 2>&1 | tee {log:q}"
+
+
+rule imatrix:
+    input:
+        gguf=full_precision,
+        tool=lambda w: llama_tool("llama-imatrix"),
+        ready=model_ready,
+    output:
+        f"{OUT}/imatrix/{{model}}.gguf",
+    log:
+        f"{LOGS}/imatrix/{{model}}.log",
+    conda:
+        "../envs/llama-cpp.yaml"
+    threads: 2
+    params:
+        text=script("data/calibration.txt"),
+        text_sha256=code_digest("data/calibration.txt"),
+        ctx=config["VALIDATION_CTX"],
+    shell:
+        "{input.tool:q} -m {input.gguf:q} -f {params.text:q} -c {params.ctx} -b {params.ctx} -t {threads}"
+        " --no-ppl -o {output:q}.tmp.gguf > {log:q} 2>&1 && mv {output:q}.tmp.gguf {output:q}"

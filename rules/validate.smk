@@ -6,7 +6,7 @@
 rule kld_base:
     input:
         gguf=full_precision,
-        tool=lambda w: llama_perplexity(),
+        tool=lambda w: llama_tool("llama-perplexity"),
         ready=model_ready,
     output:
         f"{OUT}/validation/{{model}}.kld",
@@ -28,7 +28,7 @@ rule validate:
     input:
         gguf=f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
         base=f"{OUT}/validation/{{model}}.kld",
-        tool=lambda w: llama_perplexity(),
+        tool=lambda w: llama_tool("llama-perplexity"),
     output:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.json",
     log:

@@ -24,7 +24,7 @@ QUANTIZED_PRECISIONS = (
 )
 SYNONYMS = {"FP16": "F16"}  # the CECAIServe seed writes FP16
 PRECISIONS = DIRECT_PRECISIONS + QUANTIZED_PRECISIONS + tuple(SYNONYMS)
-# llama-quantize refuses these without an importance matrix (llama-quant.cpp, tensor_requires_imatrix;
+# llama-quantize refuses these without an importance matrix, which the workflow then computes (llama-quant.cpp, tensor_requires_imatrix;
 # checked against b11312 on tiny-gpt2).
 NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S")
 INTERMEDIATE_TYPES = ("F32", "F16", "BF16")
@@ -49,11 +49,27 @@ def canonical_precision(precision: str, where: str = "the target") -> str:
     raise ConfigError(f"{where}: unknown precision {precision!r}. Valid precisions: {', '.join(PRECISIONS)}")
 
 
-def check_buildable(precision: str, where: str = "the target") -> None:
-    if canonical_precision(precision, where) in NEEDS_IMATRIX:
-        raise ConfigError(
-            f"{where}: precision {precision} needs an importance matrix, which this workflow does not compute "
-            f"yet; choose another precision (for example IQ3_S, IQ4_XS or Q2_K)")
+def quantize_options(pair_cfg: dict, precision: str, where: str = "the target") -> tuple[list[str], bool]:
+    """The llama-quantize options a pair's YAML asks for, as arguments of scripts/quantize.py, and whether an
+    importance matrix is used (IMATRIX: true, or auto and the precision requires one)."""
+    canonical = canonical_precision(precision, where)
+    setting = pair_cfg.get("IMATRIX", "auto")
+    needed = canonical in NEEDS_IMATRIX
+    if needed and setting is False:
+        raise ConfigError(f"{where}: precision {canonical} requires an importance matrix, but the pair sets "
+                          "IMATRIX: false; set it to auto")
+    args = []
+    for field, option in (("OUTPUT_TENSOR_TYPE", "--output-tensor-type"),
+                          ("TOKEN_EMBEDDING_TYPE", "--token-embedding-type")):
+        if pair_cfg.get(field):
+            args += [option, pair_cfg[field].lower()]
+    for override in pair_cfg.get("TENSOR_TYPES") or []:
+        name, _, qtype = override.rpartition("=")
+        args += ["--tensor-type", f"{name}={qtype.lower()}"]
+    for field, option in (("LEAVE_OUTPUT_TENSOR", "--leave-output-tensor"), ("PURE", "--pure")):
+        if pair_cfg.get(field):
+            args.append(option)
+    return args, needed or setting is True
 
 
 def pair_yaml(config_dir: Path, pair: str) -> Path:

@@ -30,14 +30,16 @@ def run_llama_quantize(cmd: list[str]) -> tuple[int, list[str]]:
     return proc.wait(), fallbacks
 
 
-def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None) -> None:
+def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None,
+             options: list[str] = ()) -> None:
     with atomic_path(out) as tmp:
         if tool:
             build = installed_build(tool)
             kv = [f"hf2gguf.precision=str:{qtype}"]
             if build:
                 kv.append(f"hf2gguf.llama_cpp=str:{'-'.join(build)}")
-            cmd = [tool, *(a for k in kv for a in ("--override-kv", k)), str(src), str(tmp), qtype, str(threads)]
+            cmd = [tool, *(a for k in kv for a in ("--override-kv", k)), *options, str(src), str(tmp), qtype,
+                   str(threads)]
             print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
             returncode, fallbacks = run_llama_quantize(cmd)
             if fallbacks:
@@ -62,8 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("type", help="llama-quantize type name, e.g. Q4_K_M")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--llama-quantize", dest="tool", default="", help="the llama-quantize binary; empty = copy")
+    p.add_argument("--imatrix", help="an importance matrix (llama-imatrix's output)")
+    p.add_argument("--output-tensor-type", help="type of the output tensor")
+    p.add_argument("--token-embedding-type", help="type of the token embedding")
+    p.add_argument("--tensor-type", action="append", default=[], help="NAME_PATTERN=TYPE (repeatable)")
+    p.add_argument("--leave-output-tensor", action="store_true", help="keep the output tensor unquantized")
+    p.add_argument("--pure", action="store_true", help="no k-quant mixtures")
     a = p.parse_args(argv)
-    quantize(a.input, a.output, a.type, a.threads, a.tool or None)
+    options = []
+    for name in ("imatrix", "output_tensor_type", "token_embedding_type"):
+        if getattr(a, name):
+            options += ["--" + name.replace("_", "-"), getattr(a, name)]
+    for override in a.tensor_type:
+        options += ["--tensor-type", override]
+    options += ["--leave-output-tensor"] * a.leave_output_tensor + ["--pure"] * a.pure
+    if options and not a.tool:
+        p.error("llama-quantize options need --llama-quantize")
+    quantize(a.input, a.output, a.type, a.threads, a.tool or None, options)
     return 0
 
 

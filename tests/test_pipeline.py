@@ -26,10 +26,16 @@ def test_unknown_precision_lists_the_valid_ones(bad):
         pipeline.canonical_precision(bad)
 
 
-def test_imatrix_precisions_are_refused_with_a_reason():
-    with pytest.raises(ConfigError, match="importance matrix"):
-        pipeline.check_buildable("IQ2_XS")
-    pipeline.check_buildable("IQ4_XS")
+def test_quantize_options():
+    assert pipeline.quantize_options({}, "Q4_K_M") == ([], False)
+    assert pipeline.quantize_options({}, "IQ2_XS") == ([], True)  # required: made and used automatically
+    assert pipeline.quantize_options({"IMATRIX": True}, "Q4_K_M") == ([], True)
+    args, _ = pipeline.quantize_options({"OUTPUT_TENSOR_TYPE": "Q8_0", "TOKEN_EMBEDDING_TYPE": "F16",
+                                         "TENSOR_TYPES": ["ffn_down=Q6_K"], "PURE": True}, "Q4_0")
+    assert args == ["--output-tensor-type", "q8_0", "--token-embedding-type", "f16", "--tensor-type",
+                    "ffn_down=q6_k", "--pure"]
+    with pytest.raises(ConfigError, match="requires an importance matrix, but the pair sets IMATRIX: false"):
+        pipeline.quantize_options({"IMATRIX": False}, "IQ1_S", "x.yaml")
 
 
 def test_missing_model_folder_lists_the_existing_ones(tmp_path):

@@ -267,3 +267,33 @@ rule all:
     assert reader.fields["general.name"].contents() == "mine"
     assert not (outer / "outputs").exists() and (outer / "build/gguf/logs/convert/mine-F16.log").exists()
     assert snakemake(outer).jobs() == {}
+
+
+# --- quantization options -----------------------------------------------------------------------------------------
+def test_iq2_xs_makes_and_uses_an_importance_matrix(workflow):
+    target = "outputs/GPU_LLM_LLAMA/tiny-gpt2-IQ2_XS.gguf"
+    run = snakemake(workflow, target)
+    assert run.jobs() == {"llama_cpp": 1, "convert": 1, "imatrix": 1, "quantize": 1}, run.output
+    assert (workflow / "outputs/imatrix/tiny-gpt2.gguf").stat().st_size > 0
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(workflow / target).tensors}
+    assert gguf.GGMLQuantizationType.IQ2_XS in types.values()
+    runs_in_llama_cpp(workflow / target)
+    assert "--imatrix outputs/imatrix/tiny-gpt2.gguf" in run.output
+
+
+def test_pair_overrides_reach_the_tensor_types_and_rerun_only_that_pair(built):
+    yaml = built / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml"
+    yaml.write_text(yaml.read_text() + "TOKEN_EMBEDDING_TYPE: Q8_0\nTENSOR_TYPES: [ffn_down=Q8_0]\n")
+    run = snakemake(built)
+    assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1}
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(output(built, "GPU_LLM_LLAMA")).tensors}
+    assert types["token_embd.weight"] == "Q8_0"
+    assert types["blk.0.ffn_down.weight"] == types["blk.1.ffn_down.weight"] == "Q8_0"
+    assert types["blk.0.ffn_up.weight"] == "Q4_K"
+
+
+def test_imatrix_false_with_a_precision_that_needs_one(workflow):
+    yaml = workflow / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml"
+    yaml.write_text("PRECISION: IQ2_XS\nIMATRIX: false\n")
+    run = snakemake(workflow, "-n", check=False)
+    assert run.returncode != 0 and "requires an importance matrix, but the pair sets IMATRIX: false" in run.output

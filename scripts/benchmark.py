@@ -192,7 +192,8 @@ def bench_workflow(cache: Path, repeat: int, reference: bool) -> list[str]:
         for pair, precision in PAIRS.items():
             (wf / "configurations" / pair).mkdir(parents=True)
             (wf / "configurations" / pair / f"converter_args_{pair.lower()}.yaml").write_text(f"PRECISION: {precision}\n")
-        (wf / "configurations/converter_args.yaml").write_text("MODEL_NAME: bench\n")
+        # conversion and quantization only, as the serial flow does: no validation
+        (wf / "configurations/converter_args.yaml").write_text("MODEL_NAME: bench\nVALIDATE: false\n")
         env = {**os.environ, "LLAMA_QUANTIZE": str(quantize)}
 
         def parallel():

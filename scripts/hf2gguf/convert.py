@@ -95,12 +95,13 @@ def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Piece:
-    """Rows start:stop of one tensor, and where their bytes go in the output."""
+    """Rows start:stop of one tensor (or all of it), and where their bytes go in the output."""
     plan: TensorPlan
     qtype: Q
     start: int
     stop: int
     offset: int
+    whole: bool  # transposes and 1-D tensors are handled whole
 
 
 def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_start: int, alignment: int):
@@ -111,7 +112,7 @@ def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_sta
         whole = p.transform is not None or len(p.shape) < 2  # transposes need the whole tensor
         step = rows if whole else max(1, CHUNK_BYTES // max(1, model.row_bytes(p.source)))
         for start in range(0, rows, step):
-            yield Piece(p, t, start, min(start + step, rows), offset + start * (size // rows))
+            yield Piece(p, t, start, min(start + step, rows), offset + start * (size // rows), whole)
         offset += gguf.GGUFWriter.ggml_pad(size, alignment)
 
 
@@ -146,12 +147,10 @@ def process(model: ModelFolder, piece: Piece, dst_fd: int) -> None:
     p, src = piece.plan, model.tensors[piece.plan.source]
     if p.transform is None and (src.dtype, piece.qtype) in SAME:
         row = model.row_bytes(p.source)
-        model.check_dtype(p.source)
         copy_range(model.fd(src.shard), src.offset + piece.start * row, dst_fd, piece.offset,
-                   (piece.stop - piece.start) * row if len(src.shape) >= 2 else src.nbytes)
+                   src.nbytes if piece.whole else (piece.stop - piece.start) * row)
         return
-    whole = p.transform is not None or len(src.shape) < 2  # then the piece is the whole tensor
-    data = model.read(p.source) if whole else model.read(p.source, piece.start, piece.stop)
+    data = model.read(p.source) if piece.whole else model.read(p.source, piece.start, piece.stop)
     if p.transform is None:
         out = encode(data, src.dtype, piece.qtype)
     elif piece.qtype in ELEMENTWISE:  # convert in the source's layout (fast), then change the layout

@@ -109,7 +109,8 @@ def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_sta
     for p, t in zip(plans, types):
         size = nbytes(p.shape, t)
         rows = p.shape[0] if len(p.shape) >= 2 else 1
-        whole = p.transform is not None or len(p.shape) < 2  # transposes need the whole tensor
+        # transposes, value changes, made-up and 1-D tensors are handled whole
+        whole = p.transform is not None or p.values is not None or p.source is None or len(p.shape) < 2
         step = rows if whole else max(1, CHUNK_BYTES // max(1, model.row_bytes(p.source)))
         for start in range(0, rows, step):
             yield Piece(p, t, start, min(start + step, rows), offset + start * (size // rows), whole)
@@ -143,20 +144,36 @@ def pwrite_all(fd: int, data, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def source_values(model: ModelFolder, piece: Piece) -> tuple[np.ndarray, str]:
+    """The piece's values and their dtype name, after the plan's value change if it has one."""
+    p = piece.plan
+    if p.source is None:
+        return p.data, "F32"
+    dtype = model.tensors[p.source].dtype
+    data = model.read(p.source) if piece.whole else model.read(p.source, piece.start, piece.stop)
+    if p.values is None:
+        return data, dtype
+    if dtype == "BF16":  # changed in F32, as llama.cpp's converter does (it widens BF16 first)
+        data, dtype = to_f32(data, dtype), "F32"
+    data = p.values(data)
+    return data, {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}[data.dtype]
+
+
 def process(model: ModelFolder, piece: Piece, dst_fd: int) -> None:
-    p, src = piece.plan, model.tensors[piece.plan.source]
-    if p.transform is None and (src.dtype, piece.qtype) in SAME:
+    p = piece.plan
+    src = model.tensors[p.source] if p.source else None
+    if src and p.transform is None and p.values is None and (src.dtype, piece.qtype) in SAME:
         row = model.row_bytes(p.source)
         copy_range(model.fd(src.shard), src.offset + piece.start * row, dst_fd, piece.offset,
                    src.nbytes if piece.whole else (piece.stop - piece.start) * row)
         return
-    data = model.read(p.source) if piece.whole else model.read(p.source, piece.start, piece.stop)
+    data, dtype = source_values(model, piece)
     if p.transform is None:
-        out = encode(data, src.dtype, piece.qtype)
+        out = encode(data, dtype, piece.qtype)
     elif piece.qtype in ELEMENTWISE:  # convert in the source's layout (fast), then change the layout
-        out = p.transform(encode(data, src.dtype, piece.qtype))
+        out = p.transform(encode(data, dtype, piece.qtype))
     else:  # block types quantize rows of the final layout
-        out = encode(contiguous(p.transform(to_f32(data, src.dtype))), "F32", piece.qtype)
+        out = encode(contiguous(p.transform(to_f32(data, dtype))), "F32", piece.qtype)
     pwrite_all(dst_fd, contiguous(out), piece.offset)
 
 
@@ -224,8 +241,8 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
         left[piece.plan.name] -= 1
         if not left[piece.plan.name]:
             done += 1
-            src = model.tensors[piece.plan.source]
-            log(f"[{done:{width}}/{len(plans)}] {piece.plan.name:<32} {src.dtype:>4} -> {piece.qtype.name:<5} "
+            dtype = model.tensors[piece.plan.source].dtype if piece.plan.source else "F32"
+            log(f"[{done:{width}}/{len(plans)}] {piece.plan.name:<32} {dtype:>4} -> {piece.qtype.name:<5} "
                 f"{list(piece.plan.shape)}")
 
     with ThreadPoolExecutor(max(1, threads)) as pool:

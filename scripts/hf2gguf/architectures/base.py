@@ -27,10 +27,14 @@ def register(*hf_architectures: str):
 class TensorPlan:
     name: str  # GGUF tensor name
     shape: tuple[int, ...]  # numpy shape as written (GGUF stores it reversed)
-    source: str  # Hugging Face tensor name
+    source: str | None  # Hugging Face tensor name; None for a tensor made from config.json (data)
     # A layout change only (transpose, permutation of rows), returning a view where it can. The converter
     # may apply it after the type conversion, so it must not change values.
     transform: Callable[[np.ndarray], np.ndarray] | None = None
+    # A change of values (Gemma's norm + 1), applied before any type conversion to the values as llama.cpp's
+    # converter holds them: F16 and F32 as stored, BF16 widened to F32.
+    values: Callable[[np.ndarray], np.ndarray] | None = None
+    data: np.ndarray | None = None  # float32 values of a tensor that the checkpoint does not hold
 
 
 class Architecture:
@@ -81,6 +85,14 @@ class Architecture:
         """Returns (written shape, transform or None) for one tensor."""
         return shape, None
 
+    def values(self, gguf_name: str, hf_name: str) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A change of the tensor's values (see TensorPlan.values), or None."""
+        return None
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """GGUF name -> float32 values of tensors computed from config.json (llama3's rope_freqs)."""
+        return {}
+
     def expected_shapes(self, n_vocab: int) -> dict[str, tuple[int, ...]]:
         """GGUF name -> written shape implied by config.json, for every tensor the model must have
         ("blk.{bid}." names stand for every block)."""
@@ -109,7 +121,9 @@ class Architecture:
             self.model.check_dtype(hf_name)
             name = self.map_name(hf_name)
             shape, transform = self.modify(name, hf_name, info.shape)
-            plans.append(TensorPlan(name, tuple(shape), hf_name, transform))
+            plans.append(TensorPlan(name, tuple(shape), hf_name, transform, self.values(name, hf_name)))
+        for name, data in self.extra_tensors().items():
+            plans.append(TensorPlan(name, data.shape, None, data=np.ascontiguousarray(data, np.float32)))
         plans.sort(key=lambda p: _order(p.name))
         self.check_shapes(plans)
         return plans
@@ -135,7 +149,7 @@ class Architecture:
                                       f"{self.block_count} blocks)", "check that every weight file is complete")
             p = by_name[name]
             if p.shape != shape:
-                got = self.model.tensors[p.source].shape
+                got = self.model.tensors[p.source].shape if p.source else p.shape
                 raise ConversionError(self.model.path, f"tensor {p.source} has shape {list(got)}, but config.json "
                                       f"implies {list(shape)} for {name}", "use the config.json of these weights")
 

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Tiny random checkpoints of every architecture the converter supports, for the reference and fidelity tests.
+
+A test tool: it needs torch and transformers, which the converter never imports. Each variant is built with
+transformers (random init), then every parameter is redrawn at a visible scale, seeded: norm weights in
+[0.5, 1.5], biases N(0, 0.2), embeddings N(0, 1), projections N(0, 1/fan_in). With transformers' default init
+(norms = 1, biases = 0) a dropped norm, a missing Gemma +1 or an unpermuted Q/K would not change the logits.
+
+The folder holds what a Hugging Face checkpoint holds (config.json, safetensors, sharded with an index for the
+sharded variants, tokenizer files from generators.tokenizers), plus reference_logits.npz: transformers' float32
+logits for a fixed sequence of token ids. They are computed on the weights as saved (f16/bf16 values widened to
+float32), because that is what a converted F32 GGUF holds exactly.
+
+    python tests/generators/models.py --out DIR [VARIANT ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# run as a script, this folder comes first on sys.path, and its tokenizers.py would hide the tokenizers package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))  # tests/, for generators.tokenizers
+
+import numpy as np  # noqa: E402
+
+SEQUENCE_LENGTH = 24  # positions of the recorded logits; longer than Gemma 2's sliding window below
+
+
+@dataclass(frozen=True)
+class Variant:
+    arch: str  # config.json's architectures[0]
+    vocab: str  # tokenizer (generators.tokenizers.VOCABS); its token count gives the embedding rows
+    dtype: str  # how the checkpoint is stored: float32, float16 or bfloat16
+    tied: bool  # tie_word_embeddings: no lm_head.weight in the checkpoint
+    style: str = "v5"  # config.json as transformers v4 (torch_dtype, rope_theta, rope_scaling) or v5 writes it
+    sharded: bool = False  # several safetensors files and model.safetensors.index.json
+    config: dict = field(default_factory=dict)  # overrides of BASE[model_type]
+    seed: int = 0
+
+    @property
+    def model_type(self) -> str:
+        return MODEL_TYPES[self.arch]
+
+    @property
+    def gelu(self) -> bool:
+        """llama.cpp's CPU GELU uses an fp16 table: these models get a looser logit tolerance."""
+        return self.model_type in ("gpt2", "gemma", "gemma2")
+
+
+MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+               "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2",
+               "Phi3ForCausalLM": "phi3", "GPT2LMHeadModel": "gpt2"}
+
+# 2 layers, hidden size 64, GQA (4 query heads, 2 KV heads) wherever the architecture has it.
+_DECODER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=128, max_position_embeddings=256, rms_norm_eps=1e-5)
+BASE = {
+    "llama": _DECODER,
+    "mistral": _DECODER | dict(sliding_window=None),
+    "qwen2": _DECODER | dict(rms_norm_eps=1e-6),
+    "qwen3": _DECODER | dict(head_dim=32, rms_norm_eps=1e-6),  # head_dim != hidden / heads, as in Qwen3
+    "gemma": _DECODER | dict(head_dim=16, hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6),
+    # soft-capping, query scaling and sliding window at values that change the logits of these tiny models
+    "gemma2": _DECODER | dict(head_dim=16, hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
+                              query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+                              sliding_window=8),
+    "phi3": _DECODER | dict(original_max_position_embeddings=256, sliding_window=None),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, layer_norm_epsilon=1e-5),
+}
+
+
+def _rope(kind: str, theta: float, **scaling) -> dict:
+    return {"rope_parameters": {"rope_type": kind, "rope_theta": theta, **scaling}}
+
+
+VARIANTS: dict[str, Variant] = {
+    # Llama 1/2: SentencePiece, untied, f32, a v4 config
+    "llama2": Variant("LlamaForCausalLM", "llama-spm", "float32", tied=False, style="v4",
+                      config=_rope("default", 10000.0)),
+    # head_dim 32 != 64/4, linear RoPE scaling, tied, f16
+    "llama-head-dim": Variant("LlamaForCausalLM", "llama-spm", "float16", tied=True, seed=1,
+                              config=dict(head_dim=32) | _rope("linear", 20000.0, factor=2.0)),
+    # YaRN RoPE scaling, bf16, a v4 config
+    "llama-yarn": Variant("LlamaForCausalLM", "llama-spm", "bfloat16", tied=False, style="v4", seed=2,
+                          config=_rope("yarn", 10000.0, factor=4.0, original_max_position_embeddings=64)),
+    # Llama 3.2-like: byte-level BPE, llama3 RoPE (rope_freqs.weight), tied, bf16, sharded
+    "llama3": Variant("LlamaForCausalLM", "llama-bpe", "bfloat16", tied=True, sharded=True, seed=3,
+                      config=_rope("llama3", 500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                   original_max_position_embeddings=64)),
+    "mistral": Variant("MistralForCausalLM", "llama-spm", "bfloat16", tied=False, style="v4", seed=4,
+                       config=_rope("default", 1000000.0)),
+    # Qwen2.5-0.5B-like: q/k/v biases, tied, bf16, v4 config
+    "qwen2": Variant("Qwen2ForCausalLM", "qwen2", "bfloat16", tied=True, style="v4", seed=5,
+                     config=_rope("default", 1000000.0)),
+    "qwen2-untied": Variant("Qwen2ForCausalLM", "qwen2", "float16", tied=False, sharded=True, seed=6,
+                            config=_rope("default", 1000000.0)),
+    # per-head q/k norms
+    "qwen3": Variant("Qwen3ForCausalLM", "qwen2", "bfloat16", tied=True, seed=7, config=_rope("default", 1000000.0)),
+    # norm weights stored as w, applied as 1 + w
+    "gemma": Variant("GemmaForCausalLM", "llama-spm", "float32", tied=True, style="v4", seed=8,
+                     config=_rope("default", 10000.0)),
+    "gemma2": Variant("Gemma2ForCausalLM", "llama-spm", "bfloat16", tied=True, seed=9, config=_rope("default", 10000.0)),
+    # fused qkv_proj and gate_up_proj
+    "phi3": Variant("Phi3ForCausalLM", "phi-3", "bfloat16", tied=False, style="v4", seed=10,
+                    config=_rope("default", 10000.0)),
+    "gpt2": Variant("GPT2LMHeadModel", "gpt-2", "float32", tied=True, style="v4", seed=11),
+    "gpt2-untied": Variant("GPT2LMHeadModel", "gpt-2", "float16", tied=False, style="v4", sharded=True, seed=12),
+}
+
+V4_VERSION = "4.46.3"  # the transformers_version a v4 folder states
+CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")  # GPT-2 stores these [in, out]
+
+
+def redraw(model, variant: Variant) -> None:
+    """Every parameter at a visible scale, seeded (tied weights are one parameter and drawn once)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1000 + variant.seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.2, generator=g)
+            elif p.ndim == 1:  # norm weights (for Gemma, the w of 1 + w)
+                p.uniform_(0.5, 1.5, generator=g)
+            elif name.endswith(("embed_tokens.weight", "wte.weight")):
+                p.normal_(0.0, 1.0, generator=g)
+            elif name.endswith("wpe.weight"):
+                p.normal_(0.0, 0.3, generator=g)
+            else:
+                fan_in = p.shape[0] if variant.model_type == "gpt2" and name.endswith(CONV1D) else p.shape[1]
+                p.normal_(0.0, fan_in ** -0.5, generator=g)
+
+
+def config_v4(config: dict, model_type: str) -> dict:
+    """config.json as transformers v4 wrote it: torch_dtype, rope_theta and rope_scaling instead of dtype and
+    rope_parameters; GPT-2 with n_ctx."""
+    out = {}
+    for k, v in config.items():
+        if k == "dtype":
+            out["torch_dtype"] = v
+        elif k == "rope_parameters" and isinstance(v, dict) and "rope_theta" in v:
+            rope = dict(v)
+            out["rope_theta"] = rope.pop("rope_theta")
+            if "partial_rotary_factor" in rope:
+                out["partial_rotary_factor"] = rope.pop("partial_rotary_factor")
+            kind = rope.pop("rope_type", "default")
+            if kind == "default":
+                out["rope_scaling"] = None
+            elif kind == "linear":  # the spelling of the Llama 2 era
+                out["rope_scaling"] = {"type": "linear", **rope}
+            else:
+                out["rope_scaling"] = {"rope_type": kind, **rope}
+        else:
+            out[k] = v
+    if model_type == "gpt2":
+        out.setdefault("n_ctx", out["n_positions"])
+    out["transformers_version"] = V4_VERSION
+    return out
+
+
+def input_ids(variant: Variant, n_vocab: int) -> list[int]:
+    return np.random.default_rng(variant.seed).integers(0, n_vocab, SEQUENCE_LENGTH).tolist()
+
+
+def logits_of(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def make_model(variant: str, dest: Path) -> Path:
+    """Builds VARIANTS[variant] into the folder dest (replaced atomically: a temporary folder, then a rename)."""
+    import torch
+    import transformers
+    from generators.tokenizers import config_json, write_tokenizer
+
+    v = VARIANTS[variant]
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        torch.manual_seed(v.seed)  # transformers' own init, before the redraw
+        n_vocab = write_tokenizer(v.vocab, tmp)
+        # the real model's special token ids, which llama.cpp's converter reads from config.json too
+        settings = BASE[v.model_type] | v.config | config_json(v.vocab) | dict(vocab_size=n_vocab)
+        config = transformers.AutoConfig.for_model(v.model_type, tie_word_embeddings=v.tied, **settings)
+        config.architectures = [v.arch]
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
+                                                              dtype=torch.float32)
+        redraw(model, v)
+        model.eval()
+        for p in model.parameters():  # the stored dtype; buffers (RoPE frequencies) stay float32, as on loading
+            p.data = p.data.to(getattr(torch, v.dtype))
+        total = sum(p.numel() * p.element_size() for p in model.parameters())
+        model.save_pretrained(tmp, max_shard_size=max(total // 3, 2**16) if v.sharded else 2**40)
+        for p in model.parameters():
+            p.data = p.data.float()
+        if v.sharded and not (tmp / "model.safetensors.index.json").exists():
+            raise RuntimeError(f"{variant}: transformers wrote no shard index")
+        if v.style == "v4":
+            config_path = tmp / "config.json"
+            config_path.write_text(json.dumps(config_v4(json.loads(config_path.read_text()), v.model_type),
+                                              indent=2) + "\n")
+            generation = tmp / "generation_config.json"
+            if generation.exists():
+                generation.write_text(json.dumps(json.loads(generation.read_text()) | {"transformers_version":
+                                                                                       V4_VERSION}, indent=2))
+
+        ids = input_ids(v, n_vocab)
+        expected = logits_of(model, ids)  # the saved values, in float32
+        saved = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
+                                                                  attn_implementation="eager").eval()
+        logits = logits_of(saved, ids)
+        # transformers reads the folder back as the model it saved (a v4 config rewrite loses nothing)
+        drift = float(np.abs(logits - expected).max())
+        if drift > 1e-5:
+            raise RuntimeError(f"{variant}: the saved folder gives other logits than the model ({drift:.2e})")
+        np.savez(tmp / "reference_logits.npz", input_ids=np.array(ids, np.int32), logits=logits,
+                 variant=json.dumps({"name": variant, **asdict(v)}),
+                 versions=json.dumps({"torch": torch.__version__, "transformers": transformers.__version__}))
+        tmp.chmod(0o755)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="folder that receives one subfolder per variant")
+    ap.add_argument("variants", nargs="*", help=f"default: all of {', '.join(VARIANTS)}")
+    a = ap.parse_args()
+    unknown = [n for n in a.variants if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    for name in a.variants or VARIANTS:
+        path = make_model(name, a.out / name)
+        size = sum(f.stat().st_size for f in path.iterdir())
+        print(f"{name}: {path} ({size / 2**20:.1f} MiB)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -131,9 +131,12 @@ TOOLCHAIN = (
 
 
 def llama_tool(name):
-    """llama-perplexity, llama-imatrix: beside a configured llama-quantize, else built by the toolchain rule."""
+    """llama-perplexity, llama-imatrix: beside a configured llama-quantize, else from the jobs' conda env or
+    container (--sdm conda / apptainer), else built by the toolchain rule."""
     if LLAMA_QUANTIZE:
         return os.path.join(os.path.dirname(llama_quantize()), name)
+    if TOOLS_FROM_ENV:
+        return env_tool(name)
     return f"{TOOLCHAIN}/bin/{name}"
 
 
@@ -146,7 +149,58 @@ def llama_quantize():
                 f"(environment and {CONFIG_FILE}) to build llama.cpp"
             )
         return LLAMA_QUANTIZE
+    if TOOLS_FROM_ENV:
+        return env_tool("llama-quantize")
     return f"{TOOLCHAIN}/bin/llama-quantize"
+
+
+# --- software environments and cluster resources (README: "Running on a cluster") ---------------------
+# With --sdm conda or apptainer, llama.cpp's tools come from the job's environment (conda-forge's llama.cpp,
+# or llama.cpp's image) and nothing is built: the rules get envs/bin/<tool>, which runs the tool found there.
+DEPLOYMENT = {
+    str(getattr(m, "value", m)) for m in workflow.deployment_settings.deployment_method
+}
+TOOLS_FROM_ENV = bool(DEPLOYMENT & {"conda", "apptainer"})
+
+
+def env_tool(name):
+    return os.path.relpath(os.path.join(ROOT, "envs", "bin", name))
+
+
+def pair_schema_default(field):
+    """A pair field's default, from the schema (the one place it is written)."""
+    return pipeline.load_yaml(os.path.join(SCHEMAS, "pair.schema.yaml"))["properties"][
+        field
+    ]["default"]
+
+
+# The image of the llama.cpp jobs that belong to no pair (imatrix, kld_base), and of pairs that name none.
+DEFAULT_CONTAINER_IMAGE = pair_schema_default("CONTAINER_IMAGE")
+
+
+def pair_container(wildcards):
+    """The pair's CONTAINER_IMAGE: the container of its llama.cpp jobs (used with --sdm apptainer)."""
+    return PAIRS[wildcards.pair].get("CONTAINER_IMAGE") or DEFAULT_CONTAINER_IMAGE
+
+
+def target_resource(field, env=None):
+    """A resource of the jobs that run on the pair's hardware (validate): the pair's YAML field, else the
+    environment variable `env`, else None, which leaves the resource unset (the cluster's default).
+    """
+
+    def value(wildcards):
+        setting = PAIRS[wildcards.pair].get(field) or os.environ.get(env or "", "")
+        return setting or None
+
+    return value
+
+
+def model_size_mb(wildcards):
+    """The model folder's size: what the converter's memory and time grow with."""
+    if hub_pending(wildcards.model):
+        return 0
+    files = check(pipeline.model_files, MODELS, wildcards.model)
+    return sum(os.path.getsize(f) for f in files) // 2**20
 
 
 # --- input functions --------------------------------------------------------------------------------

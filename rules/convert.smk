@@ -15,6 +15,11 @@ rule convert:
     conda:
         "../envs/converter.yaml"
     threads: 4
+    resources:
+        # sized from the model folder (the input is only its fingerprint): the converter streams, its peak
+        # memory is about 15% of the model (README, Performance), and it converts at 400 MB/s or more
+        mem_mb=lambda w: 512 + model_size_mb(w) // 5,
+        runtime=lambda w: 10 + model_size_mb(w) // 6000,
     params:
         folder=lambda w: f"{MODELS}/{w.model}",
         script=script("convert.py"),

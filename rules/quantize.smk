@@ -11,8 +11,12 @@ rule quantize:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
     log:
         f"{LOGS}/quantize/{{pair}}/{{model}}-{{precision}}.log",
+    group:
+        "quantize"
     conda:
         "../envs/llama-cpp.yaml"
+    container:
+        pair_container
     threads: 2
     params:
         type=lambda w: pipeline.canonical_precision(w.precision),
@@ -36,6 +40,8 @@ rule imatrix:
         f"{LOGS}/imatrix/{{model}}.log",
     conda:
         "../envs/llama-cpp.yaml"
+    container:
+        DEFAULT_CONTAINER_IMAGE
     threads: 2
     params:
         text=script("data/calibration.txt"),

@@ -14,6 +14,8 @@ rule kld_base:
         f"{LOGS}/validation/{{model}}.kld.log",
     conda:
         "../envs/llama-cpp.yaml"
+    container:
+        DEFAULT_CONTAINER_IMAGE
     threads: 2
     params:
         text=script("data/evaluation.txt"),
@@ -34,8 +36,17 @@ rule validate:
     log:
         f"{LOGS}/validation/{{pair}}/{{model}}-{{precision}}.log",
     conda:
-        "../envs/converter.yaml"
+        "../envs/llama-cpp.yaml"
+    container:
+        pair_container
     threads: 2
+    resources:
+        # it runs the GGUF on the pair's own hardware: the pair's partition, account, node features and GPUs
+        slurm_partition=target_resource("SLURM_PARTITION", "SBATCH_PARTITION"),
+        slurm_account=target_resource("SLURM_ACCOUNT", "SBATCH_ACCOUNT"),
+        constraint=target_resource("SLURM_CONSTRAINT"),
+        gpu=target_resource("GPUS"),
+        gpu_model=target_resource("GPU_MODEL"),
     params:
         script=script("validate.py"),
         code=code_digest("validate.py"),
@@ -53,6 +64,8 @@ rule checksum:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf.sha256",
     log:
         f"{LOGS}/checksum/{{pair}}/{{model}}-{{precision}}.log",
+    group:
+        "quantize"
     conda:
         "../envs/converter.yaml"
     shell:

@@ -218,6 +218,8 @@ def _write_bpe(dest: Path, spec: dict, kv: dict) -> None:
     tokens, types = kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"]
     vocab, added = {}, {}
     for i, (t, ty) in enumerate(zip(tokens, types)):
+        if t == f"[PAD{i}]":  # a converter's filler for an embedding row without a token (older ones typed it
+            continue  # USER_DEFINED): not part of the real tokenizer
         if ty in (CONTROL, USER_DEFINED):
             added[i] = _added_token(i, t, ty == CONTROL, spec["normalized"])
             if spec["specials_in_vocab"]:

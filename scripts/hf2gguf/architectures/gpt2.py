@@ -2,7 +2,7 @@
 import gguf
 
 from ..errors import ConversionError
-from ..tokenizer import load_bpe
+from ..tokenizer import load_vocab
 from .base import Architecture, register
 
 # GPT-2 uses Conv1D: these weights are stored [in, out] and must be transposed to [out, in].
@@ -65,4 +65,4 @@ class GPT2(Architecture):
         w.add_layer_norm_eps(float(eps))
 
     def vocab(self, n_vocab):
-        return load_bpe(self.model.path, n_vocab, pre="gpt-2", config=self.hparams)
+        return load_vocab(self.model.path, n_vocab, self.hparams, kinds=("gpt2",))

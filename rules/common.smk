@@ -59,7 +59,7 @@ def load_pairs():
             )
         try:
             data = validated(pipeline.load_yaml(path), "pair.schema.yaml", path)
-            pipeline.canonical_precision(data["PRECISION"], f"{path}: field PRECISION")
+            pipeline.check_pair(data, path)
         except ConfigError as e:
             raise WorkflowError(str(e)) from None
         llama[pair] = data
@@ -93,16 +93,29 @@ def default_targets():
 
 
 def default_outputs():
-    """Each llama.cpp pair's GGUF for MODEL_NAME, its .sha256 and, unless VALIDATE is off, its .json."""
+    """Each llama.cpp pair's GGUF (or folder of shards) for MODEL_NAME, its .gguf.sha256 and, unless VALIDATE
+    is off, its .json."""
     model = config["MODEL_NAME"]
-    ggufs = [
-        f"{OUT}/{pair}/{model}-{cfg['PRECISION']}.gguf" for pair, cfg in PAIRS.items()
-    ]
-    checks = [f"{g}.sha256" for g in ggufs]
+    stems = [f"{OUT}/{pair}/{model}-{cfg['PRECISION']}" for pair, cfg in PAIRS.items()]
+    ggufs = [pair_output(pair, stem) for pair, stem in zip(PAIRS, stems)]
+    checks = [f"{stem}.gguf.sha256" for stem in stems]
     if config["VALIDATE"]:
-        checks += [g[: -len(".gguf")] + ".json" for g in ggufs]
+        checks += [f"{stem}.json" for stem in stems]
         checks += [f"{OUT}/report/size_vs_kld.png"] if ggufs else []
     return ggufs + checks
+
+
+def pair_output(pair, stem):
+    """A pair's output outputs/<PAIR>/<model>-<PRECISION>.gguf, or the folder outputs/<PAIR>/<model>-<PRECISION>
+    of its shards when the pair sets SPLIT_MAX_SIZE or SPLIT_MAX_TENSORS."""
+    split = pair in PAIRS and pipeline.split_arguments(PAIRS[pair])
+    return stem if split else f"{stem}.gguf"
+
+
+def pair_gguf(wildcards):
+    """What validation and checksums read: the pair's GGUF, or the folder of its shards."""
+    stem = f"{OUT}/{wildcards.pair}/{wildcards.model}-{wildcards.precision}"
+    return pair_output(wildcards.pair, stem)
 
 
 def full_precision(wildcards):
@@ -294,6 +307,23 @@ def quantize_arguments(wildcards):
     """
     options, _ = pipeline.quantize_options(PAIRS[wildcards.pair], wildcards.precision)
     return " ".join(shlex.quote(o) for o in options)
+
+
+def split_inputs(wildcards):
+    """A split output's inputs: those of the whole file, plus llama-gguf-split."""
+    folder = f"{OUT}/{wildcards.pair}/{wildcards.model}-{wildcards.precision}"
+    inputs = pair_output_inputs(wildcards)
+    if not pipeline.split_arguments(PAIRS[wildcards.pair]):
+        raise WorkflowError(
+            f"{folder}/: pair {wildcards.pair} is not split (its YAML sets no SPLIT_MAX_SIZE); its output is "
+            f"{folder}.gguf"
+        )
+    return {**inputs, "gguf_split": llama_tool("llama-gguf-split")}
+
+
+def split_arguments(wildcards):
+    """--split-max-size or --split-max-tensors, as arguments of scripts/quantize.py."""
+    return " ".join(pipeline.split_arguments(PAIRS[wildcards.pair]))
 
 
 def quantize_tools(wildcards, input):

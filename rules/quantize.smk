@@ -29,6 +29,37 @@ rule quantize:
         " {params.tools} {params.options} 2>&1 | tee {log:q}"
 
 
+# The same GGUF split into shards by llama-gguf-split, for a pair that sets SPLIT_MAX_SIZE or SPLIT_MAX_TENSORS:
+# the folder outputs/<PAIR>/<model>-<PRECISION>/ of <model>-<PRECISION>-0000N-of-0000M.gguf (llama.cpp loads
+# them from the first). Made in one job, so the whole file is never kept beside its shards.
+rule quantize_split:
+    input:
+        unpack(split_inputs),
+        ready=model_ready,
+    output:
+        directory(f"{OUT}/{{pair}}/{{model}}-{{precision}}"),
+    log:
+        f"{LOGS}/quantize/{{pair}}/{{model}}-{{precision}}.split.log",
+    group:
+        "quantize"
+    conda:
+        "../envs/llama-cpp.yaml"
+    container:
+        pair_container
+    threads: 2
+    params:
+        type=lambda w: pipeline.canonical_precision(w.precision),
+        options=quantize_arguments,
+        tools=quantize_tools,
+        split=split_arguments,
+        script=script("quantize.py"),
+        code=code_digest("quantize.py", "hf2gguf/atomic.py"),
+    shell:
+        "python {params.script:q} {input.gguf:q} {output:q} {params.type} --threads {threads}"
+        " {params.tools} {params.options} --gguf-split {input.gguf_split:q} {params.split}"
+        " 2>&1 | tee {log:q}"
+
+
 rule imatrix:
     input:
         gguf=full_precision,

@@ -8,6 +8,7 @@ rule llama_cpp:
         quantize=f"{TOOLCHAIN}/bin/llama-quantize",
         perplexity=f"{TOOLCHAIN}/bin/llama-perplexity",
         imatrix=f"{TOOLCHAIN}/bin/llama-imatrix",
+        gguf_split=f"{TOOLCHAIN}/bin/llama-gguf-split",
     log:
         f"{LOGS}/toolchain/{os.path.basename(TOOLCHAIN)}.log",
     conda:
@@ -18,4 +19,4 @@ rule llama_cpp:
         script=script("llama_toolchain.py"),
     shell:
         "python {params.script:q} {params.flags} --jobs {threads} --dest $(dirname {output.quantize:q})"
-        " llama-quantize llama-perplexity llama-imatrix 2>&1 | tee {log:q}"
+        " llama-quantize llama-perplexity llama-imatrix llama-gguf-split 2>&1 | tee {log:q}"

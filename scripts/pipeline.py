@@ -69,7 +69,49 @@ def quantize_options(pair_cfg: dict, precision: str, where: str = "the target") 
     for field, option in (("LEAVE_OUTPUT_TENSOR", "--leave-output-tensor"), ("PURE", "--pure")):
         if pair_cfg.get(field):
             args.append(option)
+    args += [f"--extra={flag}={value}" for flag, value in extra_quantize_args(pair_cfg, where)]
     return args, needed or setting is True
+
+
+def extra_quantize_args(pair_cfg: dict, where: str) -> list[tuple[str, str]]:
+    """EXTRA_QUANTIZE_ARGS as checked (flag, value) pairs; see quantize.EXTRA_OPTIONS for what is allowed."""
+    from quantize import extra_arguments
+
+    try:
+        return extra_arguments(pair_cfg.get("EXTRA_QUANTIZE_ARGS") or [])
+    except ValueError as e:
+        raise ConfigError(f"{where}: field EXTRA_QUANTIZE_ARGS: {e}") from None
+
+
+def split_arguments(pair_cfg: dict, where: str = "the pair") -> list[str]:
+    """llama-gguf-split's size option for a pair whose output is split into shards; [] for one file."""
+    size, tensors = pair_cfg.get("SPLIT_MAX_SIZE"), pair_cfg.get("SPLIT_MAX_TENSORS")
+    if size and tensors:
+        raise ConfigError(f"{where}: SPLIT_MAX_SIZE and SPLIT_MAX_TENSORS are both set; keep one of them")
+    if size:
+        return ["--split-max-size", str(size)]
+    return ["--split-max-tensors", str(tensors)] if tensors else []
+
+
+def check_pair(pair_cfg: dict, path: Path) -> None:
+    """What the schema cannot say about a pair's YAML, checked when the workflow starts."""
+    canonical_precision(pair_cfg["PRECISION"], f"{path}: field PRECISION")
+    extra_quantize_args(pair_cfg, str(path))
+    split_arguments(pair_cfg, str(path))
+
+
+def gguf_files(path: str | Path) -> list[Path]:
+    """A pair's output as files: [path] for one GGUF; for a split output's folder, its shards in order
+    (NAME-00001-of-0000M.gguf ..., NAME being the folder's name). An incomplete set raises ValueError."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    shards = sorted(path.glob(f"{path.name}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].gguf"))
+    expected = [path / f"{path.name}-{i:05d}-of-{len(shards):05d}.gguf" for i in range(1, len(shards) + 1)]
+    if not shards or shards != expected:
+        raise ValueError(f"{path}/ does not hold a complete set of shards {path.name}-0000N-of-0000M.gguf; "
+                         "delete it and build it again")
+    return shards
 
 
 def pair_yaml(config_dir: Path, pair: str) -> Path:
@@ -174,16 +216,20 @@ def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str
 
 
 def pair_target(converter_dir: str | Path, pair: str) -> str:
-    """outputs/<PAIR>/<MODEL_NAME>-<PRECISION>.gguf for a CECAIServe Converter directory."""
+    """outputs/<PAIR>/<MODEL_NAME>-<PRECISION>.gguf for a CECAIServe Converter directory; the folder of its
+    shards, outputs/<PAIR>/<MODEL_NAME>-<PRECISION>, when the pair is split."""
     root = Path(converter_dir)
     general = load_yaml(root / "configurations" / "converter_args.yaml")
     if not general.get("MODEL_NAME"):
         raise ConfigError(f"{root}/configurations/converter_args.yaml: MODEL_NAME is missing or empty")
-    precision = load_yaml(pair_yaml(root / "configurations", pair)).get("PRECISION")
+    path = pair_yaml(root / "configurations", pair)
+    pair_cfg = load_yaml(path)
+    precision = pair_cfg.get("PRECISION")
     if not precision:
-        raise ConfigError(f"{pair_yaml(root / 'configurations', pair)}: PRECISION is missing or empty")
+        raise ConfigError(f"{path}: PRECISION is missing or empty")
     outputs = str(general.get("OUTPUTS_DIR") or "outputs").rstrip("/")
-    return f"{outputs}/{pair}/{general['MODEL_NAME']}-{precision}.gguf"
+    suffix = "" if split_arguments(pair_cfg, str(path)) else ".gguf"
+    return f"{outputs}/{pair}/{general['MODEL_NAME']}-{precision}{suffix}"
 
 
 if __name__ == "__main__":  # python scripts/pipeline.py target CONVERTER_DIR PAIR

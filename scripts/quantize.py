@@ -1,22 +1,126 @@
 #!/usr/bin/env python3
 """Make one pair's GGUF from the model's converted GGUF, atomically.
 
-    python scripts/quantize.py IN.gguf OUT.gguf TYPE --threads N --llama-quantize PATH
+    python scripts/quantize.py IN.gguf OUT.gguf TYPE --threads N --llama-quantize PATH [options]
+    python scripts/quantize.py IN.gguf OUT_DIR TYPE ... --gguf-split PATH --split-max-size 2G
 
 With --llama-quantize, runs `llama-quantize IN TMP TYPE N` and renames TMP to OUT on success (a failed
-llama-quantize leaves a partial file, which must never look done). Without it, IN already has the wanted
-type: OUT becomes a copy of it. (Not a hard link: Snakemake touches an output no newer than its input,
-and through a shared inode that would make the input look updated.)
+llama-quantize leaves a partial file, which must never look done). IN must then be full precision (F32, F16,
+BF16): quantizing an already quantized model again (llama-quantize's --allow-requantize) is refused.
+Without --llama-quantize, IN already has the wanted type: OUT becomes a copy of it. (Not a hard link:
+Snakemake touches an output no newer than its input, and through a shared inode that would make the input
+look updated.)
+
+With --gguf-split and --split-max-size N(M|G) or --split-max-tensors N, OUT is a folder of shards that
+llama.cpp loads from the first one: OUT/NAME-00001-of-0000M.gguf ... (NAME is OUT's name), written by
+llama-gguf-split into a temporary folder that becomes OUT when complete.
+
+--extra passes one more llama-quantize option, "--flag=VALUE", from the allow-list EXTRA_OPTIONS below.
 """
 
 import argparse
+import os
+import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from hf2gguf.atomic import atomic_path
 from llama_toolchain import installed_build
+
+FULL_PRECISION = ("F32", "F16", "BF16")
+SPLIT_SIZE = r"[1-9][0-9]{0,8}[MG]"  # llama-gguf-split --split-max-size: whole megabytes (10^6) or gigabytes
+
+# llama-quantize options (tools/quantize/quantize.cpp, b11312) that a pair may add with EXTRA_QUANTIZE_ARGS:
+# the pattern their value must match, its syntax and an example.
+KV_OVERRIDE = r"(?P<key>[A-Za-z_][A-Za-z0-9_.-]{0,126})=(?P<type>int|float|bool|str):(?P<value>.*)"
+KV_VALUES = {"int": r"[+-]?[0-9]{1,18}", "float": r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?",
+             "bool": r"true|false", "str": r"[^\x00-\x1f\x7f]{0,127}"}
+EXTRA_OPTIONS = {
+    "--prune-layers": (r"[0-9]{1,6}(,[0-9]{1,6})*", "--prune-layers=L0,L1,...", "--prune-layers=10,11"),
+    "--override-kv": (KV_OVERRIDE, "--override-kv=KEY=TYPE:VALUE (TYPE int, float, bool or str; a str has at "
+                                   "most 127 characters)", "--override-kv=general.license=str:mit"),
+    "--include-weights": (r"[A-Za-z0-9_.]+", "--include-weights=NAME", "--include-weights=attn_v"),
+    "--exclude-weights": (r"[A-Za-z0-9_.]+", "--exclude-weights=NAME", "--exclude-weights=ffn_down"),
+    "--max-buffer-size": (r"[1-9][0-9]{0,6}", "--max-buffer-size=MiB", "--max-buffer-size=1024"),
+}
+# The other llama-quantize options, and why a pair cannot pass them.
+REFUSED_OPTIONS = {
+    "--allow-requantize": "the workflow quantizes only from the model's full-precision intermediate; "
+                          "requantizing an already quantized model compounds the loss. Remove it",
+    "--imatrix": "the workflow computes the importance matrix itself: set IMATRIX: true instead",
+    "--output-tensor-type": "use the field OUTPUT_TENSOR_TYPE instead",
+    "--token-embedding-type": "use the field TOKEN_EMBEDDING_TYPE instead",
+    "--tensor-type": "use the field TENSOR_TYPES instead",
+    "--tensor-type-file": "list the overrides in the field TENSOR_TYPES instead (a file outside the "
+                          "workflow would not be tracked)",
+    "--leave-output-tensor": "use LEAVE_OUTPUT_TENSOR: true instead",
+    "--pure": "use PURE: true instead",
+    "--keep-split": "the intermediate is one file, so there are no shards to keep; set SPLIT_MAX_SIZE to "
+                    "split the output instead",
+    "--dry-run": "it writes no GGUF. Remove it",
+}
+WORKFLOW_KEYS = ("hf2gguf.", "split.")  # written by quantize.py and llama-gguf-split
+
+
+def extra_arguments(items: list[str]) -> list[tuple[str, str]]:
+    """EXTRA_QUANTIZE_ARGS items ("--flag=VALUE" or "--flag VALUE") as (flag, value) pairs, every one checked
+    against EXTRA_OPTIONS; anything else raises ValueError saying why and what to do instead."""
+    allowed = ", ".join(example for _, _, example in EXTRA_OPTIONS.values())
+    pairs = []
+    for item in items:
+        m = re.fullmatch(r"(--[A-Za-z][A-Za-z0-9-]*)(?:[= ](.*))?", str(item).strip(), re.S)
+        flag, value = (m.group(1), m.group(2)) if m else (str(item), None)
+        if flag in REFUSED_OPTIONS:
+            raise ValueError(f"{item!r} is refused: {REFUSED_OPTIONS[flag]}")
+        if flag not in EXTRA_OPTIONS:
+            raise ValueError(f"{item!r} is not a llama-quantize option the workflow passes on. Allowed, one "
+                             f"per list item: {allowed}")
+        pattern, syntax, example = EXTRA_OPTIONS[flag]
+        m = re.fullmatch(pattern, value or "", re.S)
+        if m and flag == "--override-kv" and not re.fullmatch(KV_VALUES[m["type"]], m["value"]):
+            m = None
+        if not m:
+            raise ValueError(f"{item!r}: write {syntax}, e.g. {example}")
+        if flag == "--override-kv" and m["key"].startswith(WORKFLOW_KEYS):
+            raise ValueError(f"{item!r}: the workflow writes the {m['key'].split('.')[0]}.* keys itself. Remove it")
+        pairs.append((flag, value))
+    flags = {flag for flag, _ in pairs}
+    if {"--include-weights", "--exclude-weights"} <= flags:
+        raise ValueError("--include-weights and --exclude-weights cannot be used together (llama-quantize "
+                         "refuses it). Keep one of them")
+    return pairs
+
+
+def tensor_types(path: Path) -> dict[str, str]:
+    """{type name: the first tensor of that type} of a GGUF."""
+    import gguf
+
+    types: dict[str, str] = {}
+    for t in gguf.GGUFReader(path).tensors:
+        types.setdefault(t.tensor_type.name, t.name)
+    return types
+
+
+def check_not_quantized(src: Path) -> None:
+    """Refuses an input that is already quantized: llama-quantize would need --allow-requantize. A file that
+    gguf cannot read (not a GGUF, or a type newer than the gguf package) is left to llama-quantize, which
+    says what is wrong with it and refuses to requantize too."""
+    try:
+        types = tensor_types(src)
+    except (ValueError, KeyError, IndexError, OSError) as e:
+        print(f"note: could not list the tensor types of {src} ({e}); llama-quantize checks it", file=sys.stderr)
+        return
+    quantized = {k: v for k, v in types.items() if k not in FULL_PRECISION}
+    if quantized:
+        found = ", ".join(f"{name} is {qtype}" for qtype, name in sorted(quantized.items()))
+        raise SystemExit(
+            f"error: {src} is already quantized ({found}). The workflow quantizes only from a full-precision "
+            f"({', '.join(FULL_PRECISION)}) intermediate, never requantizes (llama-quantize --allow-requantize "
+            f"compounds the loss). If you placed this file there yourself, delete {src} and the workflow "
+            "converts it again from the model folder.")
 
 
 def run_llama_quantize(cmd: list[str]) -> tuple[int, list[str]]:
@@ -30,37 +134,79 @@ def run_llama_quantize(cmd: list[str]) -> tuple[int, list[str]]:
     return proc.wait(), fallbacks
 
 
+def llama_quantize(tool: str, src: Path, dest: Path, qtype: str, threads: int, options: list[str],
+                   out: Path) -> None:
+    """Writes dest (not atomically: the callers rename it) with llama-quantize; out is named in errors."""
+    check_not_quantized(src)
+    build = installed_build(tool)
+    kv = [f"hf2gguf.precision=str:{qtype}"]
+    if build:
+        kv.append(f"hf2gguf.llama_cpp=str:{'-'.join(build)}")
+    cmd = [tool, *(a for k in kv for a in ("--override-kv", k)), *options, str(src), str(dest), qtype,
+           str(threads)]
+    print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
+    returncode, fallbacks = run_llama_quantize(cmd)
+    if fallbacks:
+        print(f"note: {len(fallbacks)} tensor(s) have rows that do not fit {qtype}'s blocks; llama-quantize "
+              "wrote them in a fallback type:\n  " + "\n  ".join(fallbacks), file=sys.stderr)
+    if returncode != 0:
+        free = shutil.disk_usage(out.parent).free
+        hint = ""
+        if free < src.stat().st_size:  # a quantized file is smaller than its input
+            hint = f" The disk holding {out.parent} may be full: {free // 2**20} MiB free."
+        raise SystemExit(f"error: llama-quantize failed (exit code {returncode}) making {out} from "
+                         f"{src}; its messages are above.{hint}")
+
+
+@contextmanager
+def atomic_folder(out: Path):
+    """Yields an empty temporary folder beside out, which becomes out when the block succeeds and is removed
+    when it fails. Temporaries left by killed runs are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None,
-             options: list[str] = ()) -> None:
-    with atomic_path(out) as tmp:
+             options: list[str] = (), split: list[str] = (), gguf_split: str | None = None) -> None:
+    if not split:
+        with atomic_path(out) as tmp:
+            if tool:
+                llama_quantize(tool, src, tmp, qtype, threads, options, out)
+            else:
+                print(f"{src} is already {qtype}: copying it to {out}", file=sys.stderr, flush=True)
+                shutil.copyfile(src, tmp)
+        return
+    with atomic_folder(out) as folder:
+        whole = src  # a direct precision is split from the intermediate itself
         if tool:
-            build = installed_build(tool)
-            kv = [f"hf2gguf.precision=str:{qtype}"]
-            if build:
-                kv.append(f"hf2gguf.llama_cpp=str:{'-'.join(build)}")
-            cmd = [tool, *(a for k in kv for a in ("--override-kv", k)), *options, str(src), str(tmp), qtype,
-                   str(threads)]
-            print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
-            returncode, fallbacks = run_llama_quantize(cmd)
-            if fallbacks:
-                print(f"note: {len(fallbacks)} tensor(s) have rows that do not fit {qtype}'s blocks; llama-quantize "
-                      "wrote them in a fallback type:\n  " + "\n  ".join(fallbacks), file=sys.stderr)
-            if returncode != 0:
-                free = shutil.disk_usage(out.parent).free
-                hint = ""
-                if free < src.stat().st_size:  # a quantized file is smaller than its input
-                    hint = f" The disk holding {out.parent} may be full: {free // 2**20} MiB free."
-                raise SystemExit(f"error: llama-quantize failed (exit code {returncode}) making {out} from "
-                                 f"{src}; its messages are above.{hint}")
-        else:
-            print(f"{src} is already {qtype}: copying it to {out}", file=sys.stderr, flush=True)
-            shutil.copyfile(src, tmp)
+            whole = folder / f".{out.name}.whole.gguf"
+            llama_quantize(tool, src, whole, qtype, threads, options, out)
+        cmd = [gguf_split, "--split", *split, str(whole), str(folder / out.name)]
+        print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
+        returncode = subprocess.run(cmd, stdout=sys.stderr).returncode
+        if returncode != 0:
+            raise SystemExit(f"error: llama-gguf-split failed (exit code {returncode}) splitting {whole} into "
+                             f"{out}; its messages are above")
+        if whole != src:
+            whole.unlink()
+        shards = sorted(p.name for p in folder.iterdir())
+        print(f"{out}: {len(shards)} shard(s), llama.cpp loads them from {out / shards[0]}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", type=Path)
-    p.add_argument("output", type=Path)
+    p.add_argument("output", type=Path, help="the GGUF; with --gguf-split, the folder of its shards")
     p.add_argument("type", help="llama-quantize type name, e.g. Q4_K_M")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--llama-quantize", dest="tool", default="", help="the llama-quantize binary; empty = copy")
@@ -70,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tensor-type", action="append", default=[], help="NAME_PATTERN=TYPE (repeatable)")
     p.add_argument("--leave-output-tensor", action="store_true", help="keep the output tensor unquantized")
     p.add_argument("--pure", action="store_true", help="no k-quant mixtures")
+    p.add_argument("--extra", action="append", default=[], metavar="--FLAG=VALUE",
+                   help="one more llama-quantize option from the allow-list (repeatable): "
+                        + ", ".join(EXTRA_OPTIONS))
+    p.add_argument("--gguf-split", help="the llama-gguf-split binary: OUTPUT becomes a folder of shards")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--split-max-size", metavar="N(M|G)", help="largest shard, e.g. 500M or 2G")
+    size.add_argument("--split-max-tensors", type=int, metavar="N", help="most tensors in a shard")
     a = p.parse_args(argv)
     options = []
     for name in ("imatrix", "output_tensor_type", "token_embedding_type"):
@@ -78,9 +231,24 @@ def main(argv: list[str] | None = None) -> int:
     for override in a.tensor_type:
         options += ["--tensor-type", override]
     options += ["--leave-output-tensor"] * a.leave_output_tensor + ["--pure"] * a.pure
+    try:
+        options += [arg for pair in extra_arguments(a.extra) for arg in pair]
+    except ValueError as e:
+        p.error(str(e))
     if options and not a.tool:
         p.error("llama-quantize options need --llama-quantize")
-    quantize(a.input, a.output, a.type, a.threads, a.tool or None, options)
+    split = []
+    if a.split_max_size:
+        if not re.fullmatch(SPLIT_SIZE, a.split_max_size):
+            p.error(f"--split-max-size {a.split_max_size}: a whole number of megabytes or gigabytes, e.g. 500M or 2G")
+        split = ["--split-max-size", a.split_max_size]
+    elif a.split_max_tensors is not None:
+        if a.split_max_tensors < 1:
+            p.error("--split-max-tensors must be at least 1")
+        split = ["--split-max-tensors", str(a.split_max_tensors)]
+    if bool(split) != bool(a.gguf_split):
+        p.error("--gguf-split and --split-max-size (or --split-max-tensors) go together")
+    quantize(a.input, a.output, a.type, a.threads, a.tool or None, options, split, a.gguf_split)
     return 0
 
 

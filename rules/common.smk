@@ -36,7 +36,7 @@ LOGS = f"{OUT}/logs"
 HUB_SOURCE = ".hf2gguf-source.json"  # written by scripts/hub_download.py into the folders it made
 
 # Jobs run `python`: make that this interpreter (say, an unactivated venv's), unless conda provides one.
-if "conda" not in str(workflow.deployment_settings.deployment_method):
+if "conda" not in {str(m) for m in workflow.deployment_settings.deployment_method}:
     path = os.pathsep.join(
         [os.path.dirname(sys.executable), os.environ.get("PATH", "")]
     )
@@ -170,9 +170,7 @@ def llama_quantize():
 # --- software environments and cluster resources (README: "Running on a cluster") ---------------------
 # With --sdm conda or apptainer, llama.cpp's tools come from the job's environment (conda-forge's llama.cpp,
 # or llama.cpp's image) and nothing is built: the rules get envs/bin/<tool>, which runs the tool found there.
-DEPLOYMENT = {
-    str(getattr(m, "value", m)) for m in workflow.deployment_settings.deployment_method
-}
+DEPLOYMENT = {str(m) for m in workflow.deployment_settings.deployment_method}
 TOOLS_FROM_ENV = bool(DEPLOYMENT & {"conda", "apptainer"})
 
 

@@ -163,7 +163,13 @@ def _llama3_extras(folder: Path) -> None:
     (folder / "additional_chat_templates" / "tool_use.jinja").write_text("{{ tools }}")
 
 
-REFERENCE_CASES = {  # id: (vocab, architecture, change to the folder)
+def _codellama_vocab_size(folder: Path) -> None:
+    """CodeLlama's embedding has 32016 rows: LlamaModel then adds an EOT id (32010)."""
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"vocab_size": 32016}))
+
+
+REFERENCE_CASES = {  # id: (vocab, architecture, change to the folder[, load_vocab options])
     "gpt-2": ("gpt-2", "GPT2LMHeadModel", None),
     "llama-bpe": ("llama-bpe", "LlamaForCausalLM", None),
     "qwen2": ("qwen2", "Qwen2ForCausalLM", None),
@@ -175,6 +181,8 @@ REFERENCE_CASES = {  # id: (vocab, architecture, change to the folder)
     "gemma2-spm": ("llama-spm", "Gemma2ForCausalLM", None),
     "llama-hf-byte-fallback": ("llama-spm", "LlamaForCausalLM", _no_tokenizer_model),
     "llama3-instruct-files": ("llama-bpe", "LlamaForCausalLM", _llama3_extras),
+    "codellama-vocab-size": ("llama-spm", "LlamaForCausalLM", _codellama_vocab_size,
+                             dict(space_prefix_from_config=True, extra_special_ids={"eot": 32010})),
 }
 
 _DRIVER = """
@@ -196,10 +204,12 @@ def reference_cases(tmp_path_factory) -> dict[str, tuple[Path, Path, int, dict]]
     """id -> (folder, the reference's vocab-only GGUF, n_vocab, config), all made in one interpreter."""
     root = tmp_path_factory.mktemp("reference")
     cases, jobs = {}, []
-    for case, (vocab, arch, change) in REFERENCE_CASES.items():
+    for case, (vocab, arch, change, *_) in REFERENCE_CASES.items():
         folder, n_vocab, config = make_folder(root / case, vocab, arch)
         if change:
             change(folder)
+            config = json.loads((folder / "config.json").read_text())
+            n_vocab = config["vocab_size"]
         out = root / f"{case}.reference.gguf"
         cases[case] = (folder, out, n_vocab, config)
         jobs.append((str(folder), str(out)))
@@ -220,8 +230,9 @@ def tokenizer_kvs(path: Path) -> list[tuple[str, object]]:
 @pytest.mark.parametrize("case", REFERENCE_CASES)
 def test_tokenizer_kvs_equal_the_reference_converter(reference_cases, case, tmp_path):
     folder, reference, n_vocab, config = reference_cases[case]
-    arch = REFERENCE_CASES[case][1]
-    ours = write_vocab_gguf(folder, n_vocab, config, tmp_path / "ours.gguf", G.read_kv(reference), **OPTIONS[arch])
+    _, arch, _, *options = REFERENCE_CASES[case]
+    options = options[0] if options else OPTIONS[arch]
+    ours = write_vocab_gguf(folder, n_vocab, config, tmp_path / "ours.gguf", G.read_kv(reference), **options)
     want, got = tokenizer_kvs(reference), tokenizer_kvs(ours)
     assert [k for k, _ in got] == [k for k, _ in want]  # the same keys, in the same order
     for (key, a), (_, b) in zip(want, got):
@@ -238,6 +249,8 @@ def test_what_the_reference_cases_cover(reference_cases):
     assert kv["tokenizer.ggml.eos_token_id"] == 128001  # generation_config.json's eos ids are not read
     kv = dict(tokenizer_kvs(reference_cases["gemma-spm"][1]))
     assert kv["tokenizer.ggml.eot_token_id"] == 107 and kv["tokenizer.ggml.add_space_prefix"] is False
+    kv = dict(tokenizer_kvs(reference_cases["codellama-vocab-size"][1]))
+    assert kv["tokenizer.ggml.eot_token_id"] == 32010 and len(kv["tokenizer.ggml.tokens"]) == 32016
     kv = dict(tokenizer_kvs(reference_cases["qwen2"][1]))
     assert kv["tokenizer.ggml.tokens"][-1] == "[PAD151935]" and kv["tokenizer.ggml.token_type"][-1] == T.UNUSED
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,14 +171,21 @@ class Vocab:
             w.add_add_space_prefix(self.add_space_prefix)
 
 
-def _malformed_is_an_error(path: Path, parse, *args):
+@contextmanager
+def malformed(path: Path):
+    """Whatever a tokenizer file holds, reading it fails with one ConversionError naming it."""
     try:
-        return parse(*args)
+        yield
     except ConversionError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, struct.error) as e:
         raise ConversionError(path, f"is malformed ({type(e).__name__}: {e})",
                               "re-download the model's tokenizer files") from None
+
+
+def _malformed_is_an_error(path: Path, parse, *args):
+    with malformed(path):
+        return parse(*args)
 
 
 def _json_if_present(path: Path) -> dict | None:
@@ -296,6 +304,35 @@ def _template_flags(proc: dict, tc: dict | None, sp: _Specials, found: dict) -> 
             tc["sep_token"] = found["eos"]
 
 
+def _special_from_tokenizer_json(tok_json: dict, tc: dict | None, sp: _Specials, load_merges: bool) -> list:
+    """Normalizer flags and the post-processor's add_* flags; returns the added tokens."""
+    if isinstance(tok_json.get("normalizer"), dict):
+        _parse_normalizer(tok_json["normalizer"], sp.normalizer)
+    added_tokens = tok_json.get("added_tokens") or []
+    if not isinstance(added_tokens, list) or not all(isinstance(t, dict) for t in added_tokens):
+        raise ValueError("added_tokens must be a list of objects")
+    found = {k: (tc or {}).get(f"{k}_token") for k in ("bos", "cls", "eos", "sep")}
+    if not found["bos"] and found["cls"] and tc:
+        tc["bos_token"] = found["bos"] = found["cls"]
+    if not found["eos"] and found["sep"] and tc:
+        tc["eos_token"] = found["eos"] = found["sep"]
+    post = tok_json.get("post_processor")
+    for proc in (post.get("processors", [post]) if isinstance(post, dict) else []):
+        kind = proc.get("type")
+        if kind == "ByteLevel":
+            sp.add.setdefault("bos", False)
+            sp.add.setdefault("eos", False)
+        elif kind == "RobertaProcessing":
+            sp.add.update(bos=True, eos=True, sep=True)
+            if not found["cls"] and tc:
+                tc["cls_token"] = found["cls"] = proc.get("cls", [found["bos"]])[0]
+            if not found["sep"] and tc:
+                tc["sep_token"] = found["sep"] = proc.get("sep", [found["eos"]])[0]
+        elif kind == "TemplateProcessing":
+            _template_flags(proc, tc, sp, found)
+    return added_tokens
+
+
 def special_vocab(folder: Path, config: dict, n_vocab: int | None, load_merges: bool = False,
                   types: tuple[str, ...] = SPECIAL_TYPES) -> tuple[_Specials, list[str]]:
     """Special ids, add flags, chat template, normalizer flags (and merges) as SpecialVocab finds them."""
@@ -305,49 +342,31 @@ def special_vocab(folder: Path, config: dict, n_vocab: int | None, load_merges: 
     tc = _json_if_present(tc_path)
     added_tokens = []
     if tok_json is not None:
-        if load_merges:
-            merges = _malformed_is_an_error(tok_json_path, _json_merges, tok_json.get("model", {}).get("merges"))
-        if isinstance(tok_json.get("normalizer"), dict):
-            _parse_normalizer(tok_json["normalizer"], sp.normalizer)
-        added_tokens = tok_json.get("added_tokens") or []
-        found = {k: (tc or {}).get(f"{k}_token") for k in ("bos", "cls", "eos", "sep")}
-        if not found["bos"] and found["cls"] and tc:
-            tc["bos_token"] = found["bos"] = found["cls"]
-        if not found["eos"] and found["sep"] and tc:
-            tc["eos_token"] = found["eos"] = found["sep"]
-        post = tok_json.get("post_processor")
-        for proc in (post.get("processors", [post]) if isinstance(post, dict) else []):
-            kind = proc.get("type")
-            if kind == "ByteLevel":
-                sp.add.setdefault("bos", False)
-                sp.add.setdefault("eos", False)
-            elif kind == "RobertaProcessing":
-                sp.add.update(bos=True, eos=True, sep=True)
-                if not found["cls"] and tc:
-                    tc["cls_token"] = found["cls"] = proc.get("cls", [found["bos"]])[0]
-                if not found["sep"] and tc:
-                    tc["sep_token"] = found["sep"] = proc.get("sep", [found["eos"]])[0]
-            elif kind == "TemplateProcessing":
-                _malformed_is_an_error(tok_json_path, _template_flags, proc, tc, sp, found)
+        with malformed(tok_json_path):
+            added_tokens = _special_from_tokenizer_json(tok_json, tc, sp, load_merges)
+            merges = _json_merges(tok_json.get("model", {}).get("merges")) if load_merges else []
     if load_merges and not merges and (folder / "merges.txt").is_file():
         merges = _merges_txt(folder / "merges.txt")
     if tc:
-        template = _chat_template_file(folder)
-        template = tc.get("chat_template", template)
-        if template is None or isinstance(template, (str, list)):
-            sp.chat_template = template
+        with malformed(tc_path):
+            template = tc.get("chat_template", _chat_template_file(folder))
+            if isinstance(template, list) and not all(isinstance(c, dict) for c in template):
+                raise ValueError("a list of chat templates must hold {name, template} objects")
+            if template is None or isinstance(template, (str, list)):
+                sp.chat_template = template
+            for name in sp.types:
+                flag = tc.get(f"add_{name}_token")
+                if isinstance(flag, bool):
+                    sp.add.setdefault(name, flag)
+                text = _content(tc.get(f"{name}_token"))
+                if text is not None:
+                    sp.set(name, next((t.get("id") for t in added_tokens if t.get("content") == text), None))
+    with malformed(folder / "config.json"):
         for name in sp.types:
-            flag = tc.get(f"add_{name}_token")
-            if isinstance(flag, bool):
-                sp.add.setdefault(name, flag)
-            text = _content(tc.get(f"{name}_token"))
-            if text is not None:
-                sp.set(name, next((t.get("id") for t in added_tokens if t.get("content") == text), None))
-    for name in sp.types:
-        id_ = config.get(f"{name}_token_id")
-        if id_ is None and isinstance(config.get("text_config"), dict):
-            id_ = config["text_config"].get(f"{name}_token_id")
-        sp.set(name, id_)
+            id_ = config.get(f"{name}_token_id")
+            if id_ is None and isinstance(config.get("text_config"), dict):
+                id_ = config["text_config"].get(f"{name}_token_id")
+            sp.set(name, id_)
     return sp, merges
 
 
@@ -600,7 +619,8 @@ def _load_gpt2(folder: Path, n_vocab: int, config: dict) -> Vocab:
             return _checked_vocab(model["vocab"]), _added_tokens(data.get("added_tokens") or [])
 
         vocab, added = _malformed_is_an_error(tok_json_path, parse, tok_json)
-        pre = recognise_pre(tok_json.get("pre_tokenizer"), tok_json_path, tc.get("clean_up_tokenization_spaces"))
+        with malformed(tok_json_path):
+            pre = recognise_pre(tok_json.get("pre_tokenizer"), tok_json_path, tc.get("clean_up_tokenization_spaces"))
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         vocab = _malformed_is_an_error(folder / "vocab.json", _checked_vocab, read_json(folder / "vocab.json"))
         added = []
@@ -654,6 +674,21 @@ def _load_gpt2(folder: Path, n_vocab: int, config: dict) -> Vocab:
 KINDS = ("sentencepiece", "phi3", "llama_hf", "gpt2")
 
 
+def _first_kind(folder: Path, n_vocab: int, config: dict, kinds, tc: dict) -> Vocab | None:
+    tok_json_path = folder / "tokenizer.json"
+    for kind in kinds:
+        if kind == "phi3" and tc.get("tokenizer_class") == "GPT2Tokenizer":  # Phi-4
+            return _load_gpt2(folder, n_vocab, config)
+        if kind in ("sentencepiece", "phi3") and (folder / "tokenizer.model").is_file():
+            return _load_sentencepiece(folder, n_vocab, config, phi3=kind == "phi3")
+        if kind == "llama_hf" and tok_json_path.is_file() and _malformed_is_an_error(
+                tok_json_path, _is_llama_hf, read_json(tok_json_path)):
+            return _load_llama_hf(folder, n_vocab, config)
+        if kind == "gpt2" and (tok_json_path.is_file() or (folder / "vocab.json").is_file()):
+            return _load_gpt2(folder, n_vocab, config)
+    return None
+
+
 def load_vocab(folder: Path, n_vocab: int, config: dict, *, kinds: tuple[str, ...] = ("sentencepiece", "llama_hf", "gpt2"),
                space_prefix_from_config: bool = False, add_space_prefix: bool | None = None,
                extra_special_ids: dict[str, int] | None = None, add_bos: bool | None = None) -> Vocab:
@@ -673,7 +708,7 @@ def load_vocab(folder: Path, n_vocab: int, config: dict, *, kinds: tuple[str, ..
     extra_special_ids: special ids to add when the files name none for that type, written after the chat
       template as the reference's second SpecialVocab does: {"eot": 107} for Gemma, {"eot": 32010} for
       CodeLlama (LlamaModel, when vocab_size is 32016). Types without a GGUF key are ignored, as b11312's
-      writer ignores the reference's prefix/suffix/middle/fsep ids.
+      writer ignores the reference's prefix/suffix/middle/fsep ids; so are ids beyond the embedding.
     add_bos: override add_bos_token (LlamaModel: False when vocab_size is 49152, Granite's small models).
     """
     folder = Path(folder)
@@ -681,22 +716,8 @@ def load_vocab(folder: Path, n_vocab: int, config: dict, *, kinds: tuple[str, ..
     if unknown:
         raise ValueError(f"unknown tokenizer kinds {unknown}; known: {KINDS}")
     tc = _json_if_present(folder / "tokenizer_config.json") or {}
-    tok_json_path = folder / "tokenizer.json"
-    vocab = None
-    for kind in kinds:
-        if kind in ("sentencepiece", "phi3") and (folder / "tokenizer.model").is_file():
-            if kind == "phi3" and tc.get("tokenizer_class") == "GPT2Tokenizer":
-                vocab = _load_gpt2(folder, n_vocab, config)
-            else:
-                vocab = _load_sentencepiece(folder, n_vocab, config, phi3=kind == "phi3")
-        elif kind == "phi3" and tc.get("tokenizer_class") == "GPT2Tokenizer":
-            vocab = _load_gpt2(folder, n_vocab, config)
-        elif kind == "llama_hf" and tok_json_path.is_file() and _is_llama_hf(read_json(tok_json_path)):
-            vocab = _load_llama_hf(folder, n_vocab, config)
-        elif kind == "gpt2" and (tok_json_path.is_file() or (folder / "vocab.json").is_file()):
-            vocab = _load_gpt2(folder, n_vocab, config)
-        if vocab is not None:
-            break
+    with malformed(folder):  # a last resort: the loaders name the file where they can
+        vocab = _first_kind(folder, n_vocab, config, kinds, tc)
     if vocab is None:
         wanted = {"sentencepiece": "tokenizer.model", "phi3": "tokenizer.model",
                   "llama_hf": "tokenizer.json (BPE with byte fallback)",
@@ -706,10 +727,7 @@ def load_vocab(folder: Path, n_vocab: int, config: dict, *, kinds: tuple[str, ..
     if space_prefix_from_config and isinstance(tc.get("add_prefix_space"), bool):
         vocab.add_space_prefix, vocab.space_prefix_first = tc["add_prefix_space"], True
     for name, id_ in (extra_special_ids or {}).items():
-        if name in SPECIAL_ID_KEYS and name not in vocab.special_ids:
-            if not 0 <= id_ < n_vocab:
-                raise ConversionError(folder, f"the {name} token id {id_} is beyond the vocabulary ({n_vocab})",
-                                      "use the tokenizer that belongs to these weights")
+        if name in SPECIAL_ID_KEYS and name not in vocab.special_ids and 0 <= id_ < n_vocab:
             vocab.late_special_ids[name] = id_
     if add_bos is not None:  # where the files set add_bos, the reference overwrites it in place
         if "bos" in vocab.add_special:

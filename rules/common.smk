@@ -313,8 +313,8 @@ def split_inputs(wildcards):
     inputs = pair_output_inputs(wildcards)
     if not pipeline.split_arguments(PAIRS[wildcards.pair]):
         raise WorkflowError(
-            f"{folder}/: pair {wildcards.pair} is not split (its YAML sets no SPLIT_MAX_SIZE); its output is "
-            f"{folder}.gguf"
+            f"{folder}/: pair {wildcards.pair} is not split (its YAML sets no SPLIT_MAX_SIZE or "
+            f"SPLIT_MAX_TENSORS); its output is {folder}.gguf"
         )
     return {**inputs, "gguf_split": llama_tool("llama-gguf-split")}
 

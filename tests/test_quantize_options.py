@@ -128,7 +128,8 @@ def test_split_pair_is_validated_and_checksummed_and_only_its_outputs_follow_the
 def test_the_folder_of_an_unsplit_pair_is_no_target(workflow):
     run = snakemake(workflow, "-n", SPLIT, check=False)
     assert run.returncode != 0
-    assert f"{SPLIT}/: pair {PAIR} is not split (its YAML sets no SPLIT_MAX_SIZE); its output is {SINGLE}" in run.output
+    assert (f"{SPLIT}/: pair {PAIR} is not split (its YAML sets no SPLIT_MAX_SIZE or SPLIT_MAX_TENSORS); its output "
+            f"is {SINGLE}") in run.output
 
 
 def check_pair(fields: str) -> str:

@@ -516,8 +516,9 @@ def _load_sentencepiece(folder: Path, n_vocab: int, config: dict, phi3: bool) ->
             raise ValueError("added_tokens.json must map token strings to ids")
         return data
 
-    if (folder / "added_tokens.json").is_file():
-        for text, id_ in _malformed_is_an_error(folder / "added_tokens.json", read_added, folder / "added_tokens.json").items():
+    added_path = folder / "added_tokens.json"
+    if added_path.is_file():
+        for text, id_ in _malformed_is_an_error(added_path, read_added, added_path).items():
             added(id_, text, None)
     tc_path = folder / "tokenizer_config.json"
     tc = _json_if_present(tc_path) or {}
@@ -689,8 +690,8 @@ def _first_kind(folder: Path, n_vocab: int, config: dict, kinds, tc: dict) -> Vo
     return None
 
 
-def load_vocab(folder: Path, n_vocab: int, config: dict, *, kinds: tuple[str, ...] = ("sentencepiece", "llama_hf", "gpt2"),
-               space_prefix_from_config: bool = False, add_space_prefix: bool | None = None,
+def load_vocab(folder: Path, n_vocab: int, config: dict, *,
+               kinds: tuple[str, ...] = ("sentencepiece", "llama_hf", "gpt2"), space_prefix_from_config: bool = False, add_space_prefix: bool | None = None,
                extra_special_ids: dict[str, int] | None = None, add_bos: bool | None = None) -> Vocab:
     """The tokenizer of the model folder, with one token per embedding row (n_vocab); ids that no token uses
     become [PAD<id>] (UNUSED).
@@ -700,8 +701,14 @@ def load_vocab(folder: Path, n_vocab: int, config: dict, *, kinds: tuple[str, ..
       "phi3"           tokenizer.model with Phi-3's added-token rules; a GPT2Tokenizer folder goes to "gpt2"
       "llama_hf"       tokenizer.json BPE with byte fallback (_set_vocab_llama_hf): scores -1000, <0xNN> BYTE
       "gpt2"           byte-level BPE tokenizer.json or vocab.json + merges.txt (_set_vocab_gpt2)
-      Llama/Mistral: the default; Qwen2/Qwen3: ("sentencepiece", "gpt2"); Gemma/Gemma2: ("sentencepiece",);
-      Phi3: ("phi3",); GPT-2: ("gpt2",).
+    The reference architectures read their tokenizers as:
+      Llama, Mistral (LlamaModel)  the default kinds, space_prefix_from_config=True; vocab_size 32016 (CodeLlama):
+                                   extra_special_ids={"eot": 32010}; vocab_size 49152 (Granite): add_bos=False
+      Qwen2, Qwen3                 kinds=("sentencepiece", "gpt2")
+      Gemma                        kinds=("sentencepiece",), add_space_prefix=False, extra_special_ids={"eot": 107}
+      Gemma2                       kinds=("sentencepiece",), add_space_prefix=False
+      Phi3                         kinds=("phi3",)
+      GPT-2                        kinds=("gpt2",)
     space_prefix_from_config: write tokenizer_config.json's add_prefix_space as add_space_prefix, first
       (LlamaModel does, for Llama and Mistral).
     add_space_prefix: write add_space_prefix with this value after the vocabulary (Gemma, Gemma2: False).

@@ -28,7 +28,7 @@ rule kld_base:
 
 rule validate:
     input:
-        gguf=f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
+        gguf=pair_gguf,
         base=f"{OUT}/validation/{{model}}.kld",
         tool=lambda w: llama_tool("llama-perplexity"),
     output:
@@ -59,7 +59,7 @@ rule validate:
 
 rule checksum:
     input:
-        f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
+        pair_gguf,
     output:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf.sha256",
     log:
@@ -69,8 +69,8 @@ rule checksum:
     conda:
         "../envs/converter.yaml"
     shell:
-        "(cd $(dirname {input:q}) && sha256sum $(basename {input:q})) > {output:q}.tmp 2> {log:q}"
-        " && mv {output:q}.tmp {output:q}"
+        "(cd $(dirname {input:q}) && find $(basename {input:q}) -name '*.gguf' | sort | xargs sha256sum)"
+        " > {output:q}.tmp 2> {log:q} && mv {output:q}.tmp {output:q}"
 
 
 rule plot:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hf2gguf.atomic import atomic_path
 from llama_toolchain import installed_build
-from pipeline import validation_summary
+from pipeline import gguf_files, validation_summary
 
 MAGIC = b"_logits_"
 NEG_CUTOFF = -16.0  # llama.cpp ignores base probabilities below exp(-16) in its KL sum; so do we
@@ -71,13 +71,16 @@ def compare(base_path: Path, quant_path: Path) -> dict:
 
 
 def gguf_facts(path: Path) -> dict:
+    """Sizes and types of one GGUF, or of all the shards of a split one."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
-    params = sum(int(t.n_elements) for t in reader.tensors)
-    data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
-    types = collections.Counter(t.tensor_type.name for t in reader.tensors)
-    return {"file_bytes": path.stat().st_size, "parameters": params, "bits_per_weight": round(8 * data_bytes / params, 4),
+    files = gguf_files(path)
+    tensors = [t for f in files for t in gguf.GGUFReader(f).tensors]
+    params = sum(int(t.n_elements) for t in tensors)
+    data_bytes = sum(int(t.n_bytes) for t in tensors)
+    types = collections.Counter(t.tensor_type.name for t in tensors)
+    return {"file_bytes": sum(f.stat().st_size for f in files), "files": len(files), "parameters": params,
+            "bits_per_weight": round(8 * data_bytes / params, 4),
             "tensors_by_type": dict(sorted(types.items()))}
 
 
@@ -87,7 +90,8 @@ def validate(gguf_path: Path, kld_base: Path, perplexity: str, text: Path, ctx: 
     before its logger has printed its own summary, so that text is not relied on.)"""
     report = {"gguf": str(gguf_path), **gguf_facts(gguf_path)}
     logits = gguf_path.with_name(f".{gguf_path.name}.logits-{os.getpid()}")
-    cmd = [perplexity, "-m", str(gguf_path), "-f", str(text), "-c", str(ctx), "-b", str(ctx), "-t", str(threads),
+    model = gguf_files(gguf_path)[0]  # llama.cpp finds the other shards of a split model from the first
+    cmd = [perplexity, "-m", str(model), "-f", str(text), "-c", str(ctx), "-b", str(ctx), "-t", str(threads),
            "--kl-divergence-base", str(logits)]
     print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
     try:

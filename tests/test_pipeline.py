@@ -83,7 +83,7 @@ def test_quantize_failure_leaves_no_output(tmp_path):
     src = tmp_path / "in.gguf"
     src.write_bytes(b"not a gguf")
     tool = tmp_path / "fake-quantize"  # behaves like llama-quantize on bad input: partial file, exit 1
-    tool.write_text("#!/bin/sh\necho partial > \"$2\"\nexit 1\n")
+    tool.write_text("#!/bin/sh\nshift $(($# - 4))\necho partial > \"$2\"\nexit 1\n")
     tool.chmod(0o755)
     with pytest.raises(SystemExit, match="llama-quantize failed"):
         quantize.quantize(src, tmp_path / "out" / "o.gguf", "Q4_0", 1, str(tool))

@@ -2,6 +2,8 @@
 KV pairs, the expected tensor shapes and RoPE scaling. Each architecture module adds only its own work."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gguf
 
 from ..errors import ConversionError
@@ -10,6 +12,9 @@ from .base import Architecture
 
 class Decoder(Architecture):
     """A `model.layers.N.*` decoder with RMS norms, gated FFN and (optionally grouped) attention."""
+
+    # load_vocab's keyword options: which tokenizer files this architecture reads, as llama.cpp's converter does
+    tokenizer_options: ClassVar[dict] = {}
 
     def __init__(self, model):
         super().__init__(model)
@@ -104,4 +109,4 @@ class Decoder(Architecture):
     def vocab(self, n_vocab: int):
         from ..tokenizer import load_vocab
 
-        return load_vocab(self.model.path, n_vocab, self.hparams)
+        return load_vocab(self.model.path, n_vocab, self.hparams, **self.tokenizer_options)

@@ -14,8 +14,8 @@ def plus_one(a: np.ndarray) -> np.ndarray:
 @register("GemmaForCausalLM")
 class Gemma(Decoder):
     gguf_arch = gguf.MODEL_ARCH.GEMMA
-    # llama.cpp's special tokens of the CodeGemma family, which the reference converter writes for every Gemma
-    FILL_IN_THE_MIDDLE = {"prefix": 67, "suffix": 69, "middle": 68, "fsep": 70, "eot": 107}
+    # CodeGemma's end-of-turn id, which llama.cpp's converter writes for every Gemma
+    tokenizer_options = dict(kinds=("sentencepiece",), add_space_prefix=False, extra_special_ids={"eot": 107})
 
     def skip(self, hf_name):
         return hf_name == "lm_head.weight" or super().skip(hf_name)
@@ -33,9 +33,3 @@ class Gemma(Decoder):
         w.add_layer_norm_rms_eps(self.hparam("rms_norm_eps"))
         w.add_key_length(self.hparam("head_dim"))
         w.add_value_length(self.hparam("head_dim"))
-
-    def vocab(self, n_vocab):
-        vocab = super().vocab(n_vocab)
-        vocab.add_space_prefix = False
-        vocab.special_ids |= {k: v for k, v in self.FILL_IN_THE_MIDDLE.items() if v < n_vocab}
-        return vocab

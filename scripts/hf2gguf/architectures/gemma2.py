@@ -9,17 +9,13 @@ from .gemma import Gemma
 @register("Gemma2ForCausalLM")
 class Gemma2(Gemma):
     gguf_arch = gguf.MODEL_ARCH.GEMMA2
+    tokenizer_options = dict(kinds=("sentencepiece",), add_space_prefix=False)
 
     def set_kv(self, w):
         super().set_kv(w)
         w.add_attn_logit_softcapping(self.hparam("attn_logit_softcapping"))
         w.add_final_logit_softcapping(self.hparam("final_logit_softcapping"))
         w.add_sliding_window(self.hparam("sliding_window"))
-
-    def vocab(self, n_vocab):
-        vocab = super(Gemma, self).vocab(n_vocab)
-        vocab.add_space_prefix = False
-        return vocab
 
     def expected_shapes(self, n_vocab):
         e = self.n_embd

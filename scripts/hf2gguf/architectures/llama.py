@@ -45,6 +45,16 @@ def llama3_rope_factors(rope: dict, dim: int) -> np.ndarray:
 @register("LlamaForCausalLM")
 class Llama(Decoder):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
+    tokenizer_options = dict(space_prefix_from_config=True)
+
+    # what llama.cpp's converter does for vocabularies of these sizes (CodeLlama; SmolLM and Granite's small models)
+    BY_VOCAB_SIZE = {32016: dict(extra_special_ids={"eot": 32010}), 49152: dict(add_bos=False)}
+
+    def vocab(self, n_vocab):
+        from ..tokenizer import load_vocab
+
+        options = self.tokenizer_options | self.BY_VOCAB_SIZE.get(self.hparams.get("vocab_size"), {})
+        return load_vocab(self.model.path, n_vocab, self.hparams, **options)
 
     def modify(self, gguf_name, hf_name, shape):
         if hf_name.endswith(("q_proj.weight", "q_proj.bias")):

@@ -12,6 +12,7 @@ from .decoder import Decoder
 @register("Phi3ForCausalLM")
 class Phi3(Decoder):
     gguf_arch = gguf.MODEL_ARCH.PHI3
+    tokenizer_options = dict(kinds=("phi3",))
 
     def __init__(self, model):
         super().__init__(model)

@@ -8,6 +8,7 @@ from .decoder import Decoder
 @register("Qwen2ForCausalLM")
 class Qwen2(Decoder):
     gguf_arch = gguf.MODEL_ARCH.QWEN2
+    tokenizer_options = dict(kinds=("sentencepiece", "gpt2"))
 
     def expected_shapes(self, n_vocab):
         q, kv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim

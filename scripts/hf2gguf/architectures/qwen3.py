@@ -8,6 +8,7 @@ from .decoder import Decoder
 @register("Qwen3ForCausalLM")
 class Qwen3(Decoder):
     gguf_arch = gguf.MODEL_ARCH.QWEN3
+    tokenizer_options = dict(kinds=("sentencepiece", "gpt2"))
 
     def expected_shapes(self, n_vocab):
         d = self.head_dim

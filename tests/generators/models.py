@@ -3,8 +3,10 @@
 
 A test tool: it needs torch and transformers, which the converter never imports. Each variant is built with
 transformers (random init), then every parameter is redrawn at a visible scale, seeded: norm weights in
-[0.5, 1.5], biases N(0, 0.2), embeddings N(0, 1), projections N(0, 1/fan_in). With transformers' default init
-(norms = 1, biases = 0) a dropped norm, a missing Gemma +1 or an unpermuted Q/K would not change the logits.
+[0.5, 1.5] as applied (Gemma stores w of 1 + w: [-0.5, 0.5]), biases N(0, 0.2), projections and embeddings
+N(0, 1/fan_in). With transformers' default init (norms 1, biases 0) a dropped norm, a missing Gemma +1 or an
+unpermuted Q/K would not change the logits; with these, such bugs move them by 0.1 to 10, while llama.cpp's
+own converter stays within 1e-5 (SiLU) and 2e-3 (GELU) of transformers.
 
 The folder holds what a Hugging Face checkpoint holds (config.json, safetensors, sharded with an index for the
 sharded variants, tokenizer files from generators.tokenizers), plus reference_logits.npz: transformers' float32
@@ -68,9 +70,11 @@ BASE = {
     "qwen2": _DECODER | dict(rms_norm_eps=1e-6),
     "qwen3": _DECODER | dict(head_dim=32, rms_norm_eps=1e-6),  # head_dim != hidden / heads, as in Qwen3
     "gemma": _DECODER | dict(head_dim=16, hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6),
-    # soft-capping, query scaling and sliding window at values that change the logits of these tiny models
+    # soft-capping and sliding window at values that change the logits of these tiny models. llama.cpp scales
+    # queries by 1/sqrt(head_dim) (1/sqrt(hidden/heads) for the 27B) and has no key for query_pre_attn_scalar,
+    # so it equals head_dim here, as in Gemma 2 2B and 9B.
     "gemma2": _DECODER | dict(head_dim=16, hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
-                              query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+                              query_pre_attn_scalar=16, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
                               sliding_window=8),
     "phi3": _DECODER | dict(original_max_position_embeddings=256, sliding_window=None),
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, layer_norm_epsilon=1e-5),
@@ -85,8 +89,8 @@ VARIANTS: dict[str, Variant] = {
     # Llama 1/2: SentencePiece, untied, f32, a v4 config
     "llama2": Variant("LlamaForCausalLM", "llama-spm", "float32", tied=False, style="v4",
                       config=_rope("default", 10000.0)),
-    # head_dim 32 != 64/4, linear RoPE scaling, tied, f16
-    "llama-head-dim": Variant("LlamaForCausalLM", "llama-spm", "float16", tied=True, seed=1,
+    # head_dim 32 != 64/4, linear RoPE scaling (v4's {"type": "linear"}), tied, f16
+    "llama-head-dim": Variant("LlamaForCausalLM", "llama-spm", "float16", tied=True, style="v4", seed=1,
                               config=dict(head_dim=32) | _rope("linear", 20000.0, factor=2.0)),
     # YaRN RoPE scaling, bf16, a v4 config
     "llama-yarn": Variant("LlamaForCausalLM", "llama-spm", "bfloat16", tied=False, style="v4", seed=2,
@@ -107,7 +111,8 @@ VARIANTS: dict[str, Variant] = {
     # norm weights stored as w, applied as 1 + w
     "gemma": Variant("GemmaForCausalLM", "llama-spm", "float32", tied=True, style="v4", seed=8,
                      config=_rope("default", 10000.0)),
-    "gemma2": Variant("Gemma2ForCausalLM", "llama-spm", "bfloat16", tied=True, seed=9, config=_rope("default", 10000.0)),
+    "gemma2": Variant("Gemma2ForCausalLM", "llama-spm", "bfloat16", tied=True, seed=9,
+                      config=_rope("default", 10000.0)),
     # fused qkv_proj and gate_up_proj
     "phi3": Variant("Phi3ForCausalLM", "phi-3", "bfloat16", tied=False, style="v4", seed=10,
                     config=_rope("default", 10000.0)),
@@ -128,10 +133,11 @@ def redraw(model, variant: Variant) -> None:
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.normal_(0.0, 0.2, generator=g)
-            elif p.ndim == 1:  # norm weights (for Gemma, the w of 1 + w)
-                p.uniform_(0.5, 1.5, generator=g)
-            elif name.endswith(("embed_tokens.weight", "wte.weight")):
-                p.normal_(0.0, 1.0, generator=g)
+            elif p.ndim == 1:  # norm weights; Gemma stores w and scales by 1 + w
+                shift = 1.0 if variant.model_type in ("gemma", "gemma2") else 0.0
+                p.uniform_(0.5 - shift, 1.5 - shift, generator=g)
+            elif name.endswith(("embed_tokens.weight", "wte.weight")):  # tied, also the output projection
+                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
             elif name.endswith("wpe.weight"):
                 p.normal_(0.0, 0.3, generator=g)
             else:

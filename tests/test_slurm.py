@@ -60,11 +60,13 @@ def slurm_cluster():
         pytest.skip(problem)
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = TIMEOUT, profiles=("profiles/slurm",)) -> Run:
+def snakemake(workdir: Path, *args: str, timeout: int = TIMEOUT, profiles=("profiles/slurm",),
+              env: dict | None = None) -> Run:
     """Snakemake through the Slurm profile. On timeout it gets SIGINT (it then cancels its Slurm jobs), the
     workflow is unlocked, and the test fails with the output so far."""
     cmd = [sys.executable, "-m", "snakemake", *(a for p in profiles for a in ("--profile", p)), *FAST, *args]
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -169,10 +171,12 @@ def test_incremental_rebuild_submits_only_the_stale_job(built):
     cpu_before, gpu_before = (cpu_out.stat().st_mtime_ns, sha256(cpu_out)), tensor_types(gpu_out)
     with open(wf / "configurations" / GPU / "converter_args_gpu_llm_llama.yaml", "a") as f:
         f.write("PURE: true\n")  # a llama-quantize option: only this pair's quantize (and its checksum) is stale
-    run = ok(snakemake(wf, *TARGETS, *NO_VALIDATION))
+    # SBATCH_PARTITION, Slurm's own variable, picks the partition of every job (profiles/slurm)
+    run = ok(snakemake(wf, *TARGETS, *NO_VALIDATION, env={"SBATCH_PARTITION": "gpu"}))
     assert run.jobs() == {"quantize": 1, "checksum": 1}, run.output[-3000:]
     jobs = sacct(run, expect=1)
     assert len(jobs) == 1 and "quantize" in rules_of(jobs[0]), jobs  # one Slurm job: the pair's group
+    assert jobs[0]["Partition"] == "gpu", jobs
     assert (cpu_out.stat().st_mtime_ns, sha256(cpu_out)) == cpu_before
     gpu_after = tensor_types(gpu_out)
     assert gpu_after != gpu_before and "Q6_K" not in gpu_after, (gpu_before, gpu_after)  # --pure: no Q6_K mix

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,10 +97,25 @@ def locked(folder: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+STALE_AFTER_S = 24 * 3600
+
+
+def prune_other_versions(root: Path) -> None:
+    """Fixture sets of other generator versions (about 1 GB each) go once unused for a day."""
+    (root / ".used").touch()
+    for other in root.parent.iterdir():
+        used = other / ".used"
+        if other == root or not other.is_dir():
+            continue
+        if not used.exists() or time.time() - used.stat().st_mtime > STALE_AFTER_S:
+            shutil.rmtree(other, ignore_errors=True)
+
+
 def ensure_models(names, log=print) -> dict[str, Path]:
     """The fixture folders of these variants, built in one subprocess (torch stays out of the caller)."""
     root = fixtures_dir()
     with locked(root):
+        prune_other_versions(root)
         missing = [n for n in names if not (root / n / "reference_logits.npz").exists()]
         if missing:
             log(f"building fixtures {', '.join(missing)} in {root}")
@@ -481,7 +497,7 @@ def main() -> None:
     if a.drive:
         _drive(a.drive)
         return
-    names = a.variants or list(VARIANTS)
+    names = a.variants or [n for n, v in VARIANTS.items() if v.reference]
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     refs = ensure_reference(names, log=log)
     results = {}

@@ -46,6 +46,8 @@ class Variant:
     sharded: bool = False  # several safetensors files and model.safetensors.index.json
     config: dict = field(default_factory=dict)  # overrides of BASE[model_type]
     seed: int = 0
+    # convert_hf_to_gguf.py (b11312) converts it: not GPT-2 as transformers v5 saves it (it reads n_ctx)
+    reference: bool = True
 
     @property
     def model_type(self) -> str:
@@ -118,6 +120,8 @@ VARIANTS: dict[str, Variant] = {
                     config=_rope("default", 10000.0)),
     "gpt2": Variant("GPT2LMHeadModel", "gpt-2", "float32", tied=True, style="v4", seed=11),
     "gpt2-untied": Variant("GPT2LMHeadModel", "gpt-2", "float16", tied=False, style="v4", sharded=True, seed=12),
+    # as transformers v5 saves GPT-2: no n_ctx, which llama.cpp's converter requires (logits tier only)
+    "gpt2-v5": Variant("GPT2LMHeadModel", "gpt-2", "bfloat16", tied=True, seed=13, reference=False),
 }
 
 V4_VERSION = "4.46.3"  # the transformers_version a v4 folder states

@@ -212,6 +212,7 @@ def provenance(model: ModelFolder, fingerprint: str | Path | None, outtype: str)
 def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[TensorPlan], types: list[Q],
           qtype: Q, name: str, log, threads: int, extra_kv: dict[str, str]) -> None:
     """Tensor infos first, then header, KV and tensor info; then the data, in parallel chunks."""
+    w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)  # every KV is a pure function of the inputs: no dates, no absolute paths
     for key, value in extra_kv.items():
         w.add_string(key, value)

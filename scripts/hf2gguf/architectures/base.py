@@ -114,7 +114,10 @@ class Architecture:
         return mapped
 
     def plan(self) -> list[TensorPlan]:
-        plans = []
+        """The tensors in llama.cpp's converter's order: those made from config.json first, then the
+        checkpoint's, shard by shard in header order."""
+        plans = [TensorPlan(name, data.shape, None, data=np.ascontiguousarray(data, np.float32))
+                 for name, data in self.extra_tensors().items()]
         for hf_name, info in self.model.tensors.items():
             if self.skip(hf_name):
                 continue
@@ -122,9 +125,6 @@ class Architecture:
             name = self.map_name(hf_name)
             shape, transform = self.modify(name, hf_name, info.shape)
             plans.append(TensorPlan(name, tuple(shape), hf_name, transform, self.values(name, hf_name)))
-        for name, data in self.extra_tensors().items():
-            plans.append(TensorPlan(name, data.shape, None, data=np.ascontiguousarray(data, np.float32)))
-        plans.sort(key=lambda p: _order(p.name))
         self.check_shapes(plans)
         return plans
 
@@ -152,14 +152,6 @@ class Architecture:
                 got = self.model.tensors[p.source].shape if p.source else p.shape
                 raise ConversionError(self.model.path, f"tensor {p.source} has shape {list(got)}, but config.json "
                                       f"implies {list(shape)} for {name}", "use the config.json of these weights")
-
-
-def _order(name: str):
-    """token_embd/position_embd first, then the blocks in order, then output_norm and output."""
-    m = re.match(r"blk\.(\d+)\.", name)
-    if m:
-        return (1, int(m.group(1)), name)
-    return (2 if name.startswith("output") else 0, 0, name)
 
 
 def architecture_for(model: ModelFolder) -> Architecture:

@@ -371,13 +371,20 @@ def test_special_tokens_and_flags_from_tokenizer_config(folders, tmp_path):
     assert vocab.add_special["bos"] is True and vocab.add_special["eos"] is True
 
 
-def test_special_ids_from_config_json_and_not_generation_config(folders, tmp_path):
+def test_special_ids_from_config_json_then_generation_config(folders, tmp_path):
     folder, n_vocab = copy(folders, "gpt-2", tmp_path / "m")
     edit_json(folder / "tokenizer_config.json", lambda d: [d.pop(k) for k in ("bos_token", "eos_token")])
     (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 7, "eos_token_id": [8, 9]}))
     vocab = load_vocab(folder, n_vocab, {"bos_token_id": 50256, "eos_token_id": [50256, 1]}, kinds=("gpt2",))
-    # a list of EOS ids is not one id: the reference writes none; generation_config.json is not read
-    assert vocab.special_ids == {"bos": 50256}
+    # config.json's bos wins; its list of EOS ids is not one id (the reference writes none), so the first of
+    # generation_config.json's list is taken
+    assert vocab.special_ids == {"bos": 50256, "eos": 8}
+    (folder / "generation_config.json").unlink()
+    assert load_vocab(folder, n_vocab, {"eos_token_id": [50256, 1]}, kinds=("gpt2",)).special_ids == {}
+    (folder / "generation_config.json").write_text("{not json")
+    with pytest.raises(ConversionError, match="generation_config.json"):
+        load_vocab(folder, n_vocab, {}, kinds=("gpt2",))
+    (folder / "generation_config.json").unlink()
     with pytest.raises(ConversionError, match=r"bos_token_id 60000 is not a token id \(0..50256\)"):
         load_vocab(folder, n_vocab, {"bos_token_id": 60000}, kinds=("gpt2",))
 

@@ -367,6 +367,13 @@ def special_vocab(folder: Path, config: dict, n_vocab: int | None, load_merges: 
             if id_ is None and isinstance(config.get("text_config"), dict):
                 id_ = config["text_config"].get(f"{name}_token_id")
             sp.set(name, id_)
+    # Last, for ids no other file gives: generation_config.json, first of a list (llama.cpp's converter does not
+    # read it, and would write no such id at all).
+    generation = _json_if_present(folder / "generation_config.json") or {}
+    with malformed(folder / "generation_config.json"):
+        for name in sp.types:
+            id_ = generation.get(f"{name}_token_id")
+            sp.set(name, id_[0] if isinstance(id_, list) and id_ else id_)
     return sp, merges
 
 

@@ -698,7 +698,8 @@ def _first_kind(folder: Path, n_vocab: int, config: dict, kinds, tc: dict) -> Vo
 
 
 def load_vocab(folder: Path, n_vocab: int, config: dict, *,
-               kinds: tuple[str, ...] = ("sentencepiece", "llama_hf", "gpt2"), space_prefix_from_config: bool = False, add_space_prefix: bool | None = None,
+               kinds: tuple[str, ...] = ("sentencepiece", "llama_hf", "gpt2"),
+               space_prefix_from_config: bool = False, add_space_prefix: bool | None = None,
                extra_special_ids: dict[str, int] | None = None, add_bos: bool | None = None) -> Vocab:
     """The tokenizer of the model folder, with one token per embedding row (n_vocab); ids that no token uses
     become [PAD<id>] (UNUSED).

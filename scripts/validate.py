@@ -120,7 +120,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx", type=int, default=128, help="context size the base was computed with")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
-    report = validate(a.gguf, a.kld_base, a.perplexity, a.text, a.ctx, a.threads)
+    try:
+        report = validate(a.gguf, a.kld_base, a.perplexity, a.text, a.ctx, a.threads)
+    except ValueError as e:  # an incomplete folder of shards (pipeline.gguf_files says which and what to do)
+        raise SystemExit(f"error: {e}") from None
     with atomic_path(a.output) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     print(validation_summary(report), file=sys.stderr)

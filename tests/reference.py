@@ -264,7 +264,7 @@ class Comparison:
 
     @property
     def equal(self) -> bool:
-        return self.error is None and not self.tensors and not self.kvs
+        return self.error is None and not self.tensors and not self.kvs and self.same_order
 
     def differing_keys(self) -> list[str]:
         return [line.split(":", 1)[0] for line in self.kvs]

@@ -153,7 +153,7 @@ def source_values(model: ModelFolder, piece: Piece) -> tuple[np.ndarray, str]:
     data = model.read(p.source) if piece.whole else model.read(p.source, piece.start, piece.stop)
     if p.values is None:
         return data, dtype
-    if dtype == "BF16":  # changed in F32, as llama.cpp's converter does (it widens BF16 first)
+    if dtype not in ("F16", "F32"):  # changed in F32, as llama.cpp's converter does (it widens BF16 and F64 first)
         data, dtype = to_f32(data, dtype), "F32"
     data = p.values(data)
     return data, {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}[data.dtype]

@@ -753,7 +753,3 @@ def load_vocab(folder: Path, n_vocab: int, config: dict, *,
         vocab.add_space_prefix, vocab.space_prefix_first = add_space_prefix, False
     return vocab
 
-
-def load_bpe(folder: Path, n_vocab: int, pre: str | None = None, config: dict | None = None) -> Vocab:
-    """Byte-level BPE only (the GPT-2 architecture). pre is recognised from the files; kept for callers."""
-    return load_vocab(folder, n_vocab, config or {}, kinds=("gpt2",))

@@ -106,7 +106,10 @@ class Decoder(Architecture):
     def skip(self, hf_name: str) -> bool:
         return hf_name.endswith(".rotary_emb.inv_freq")
 
+    def vocab_options(self) -> dict:
+        return self.tokenizer_options
+
     def vocab(self, n_vocab: int):
         from ..tokenizer import load_vocab
 
-        return load_vocab(self.model.path, n_vocab, self.hparams, **self.tokenizer_options)
+        return load_vocab(self.model.path, n_vocab, self.hparams, **self.vocab_options())

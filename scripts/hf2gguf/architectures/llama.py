@@ -50,11 +50,8 @@ class Llama(Decoder):
     # what llama.cpp's converter does for vocabularies of these sizes (CodeLlama; SmolLM and Granite's small models)
     BY_VOCAB_SIZE = {32016: dict(extra_special_ids={"eot": 32010}), 49152: dict(add_bos=False)}
 
-    def vocab(self, n_vocab):
-        from ..tokenizer import load_vocab
-
-        options = self.tokenizer_options | self.BY_VOCAB_SIZE.get(self.hparams.get("vocab_size"), {})
-        return load_vocab(self.model.path, n_vocab, self.hparams, **options)
+    def vocab_options(self):
+        return self.tokenizer_options | self.BY_VOCAB_SIZE.get(self.hparams.get("vocab_size"), {})
 
     def modify(self, gguf_name, hf_name, shape):
         if hf_name.endswith(("q_proj.weight", "q_proj.bias")):

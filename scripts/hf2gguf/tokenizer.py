@@ -213,6 +213,18 @@ def _check_fits(path: Path, ids, n_vocab: int) -> None:
                               f"{n_vocab} rows", "use the tokenizer that belongs to these weights")
 
 
+def _rows(by_id: dict[int, str], n_vocab: int, classify) -> tuple[list[str], list[int]]:
+    """One token and type per embedding row: ids without a token become [PAD<id>] (UNUSED); classify(id, text)
+    gives the (token, type) of the others."""
+    tokens, types = [], []
+    for i in range(n_vocab):
+        text = by_id.get(i)
+        token, kind = (f"[PAD{i}]", T.UNUSED) if text is None else classify(i, text)
+        tokens.append(token)
+        types.append(int(kind))
+    return tokens, types
+
+
 def _refuse_duplicates(folder: Path, tokens: list[str]) -> None:
     seen: dict[str, int] = {}
     for i, t in enumerate(tokens):
@@ -585,20 +597,15 @@ def _load_llama_hf(folder: Path, n_vocab: int, config: dict) -> Vocab:
         if id_ >= n_base:
             by_id[id_] = text
     _check_fits(path, by_id, n_vocab)
-    tokens, types = [], []
-    for i in range(n_vocab):
-        text = by_id.get(i)
-        if text is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(int(T.UNUSED))
-            continue
-        tokens.append(text)
+
+    def classify(i: int, text: str):
         if i >= n_base:
-            types.append(int(T.CONTROL if i in special_ids else T.USER_DEFINED))
-        elif BYTE_TOKEN.fullmatch(text):
-            types.append(int(T.BYTE))
-        else:
-            types.append(int(T.CONTROL if i in special_ids else T.NORMAL))
+            return text, T.CONTROL if i in special_ids else T.USER_DEFINED
+        if BYTE_TOKEN.fullmatch(text):
+            return text, T.BYTE
+        return text, T.CONTROL if i in special_ids else T.NORMAL
+
+    tokens, types = _rows(by_id, n_vocab, classify)
     scores = [-1000.0 if i in by_id else -10000.0 for i in range(n_vocab)]
     sp, _ = special_vocab(folder, config, n_vocab)
     _refuse_duplicates(folder, tokens)
@@ -653,22 +660,15 @@ def _load_gpt2(folder: Path, n_vocab: int, config: dict) -> Vocab:
     by_id = {i: t for t, i in everything.items()}
     _check_fits(folder, by_id, n_vocab)
     special = {text: sp for _, text, sp in added}
-    tokens, types = [], []
-    for i in range(n_vocab):
-        text = by_id.get(i)
-        if text is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(int(T.UNUSED))
-        elif text in special:
-            if special[text] or looks_special(text):
-                types.append(int(T.CONTROL))
-            else:
-                types.append(int(T.USER_DEFINED))
-                text = text.replace("\u2581", " ")
-            tokens.append(text)
-        else:
-            tokens.append(text)
-            types.append(int(T.NORMAL))
+
+    def classify(i: int, text: str):
+        if text not in special:
+            return text, T.NORMAL
+        if special[text] or looks_special(text):
+            return text, T.CONTROL
+        return text.replace("\u2581", " "), T.USER_DEFINED
+
+    tokens, types = _rows(by_id, n_vocab, classify)
     sp, merges = special_vocab(folder, config, None, load_merges=True)
     for name, id_ in sp.ids.items():
         if id_ >= n_vocab:

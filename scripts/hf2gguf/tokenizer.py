@@ -360,8 +360,8 @@ def special_vocab(folder: Path, config: dict, n_vocab: int | None, load_merges: 
     if load_merges and not merges and (folder / "merges.txt").is_file():
         merges = _merges_txt(folder / "merges.txt")
     if tc:
+        template = tc["chat_template"] if "chat_template" in tc else _chat_template_file(folder)
         with malformed(tc_path):
-            template = tc.get("chat_template", _chat_template_file(folder))
             if isinstance(template, list) and not all(isinstance(c, dict) for c in template):
                 raise ValueError("a list of chat templates must hold {name, template} objects")
             if template is None or isinstance(template, (str, list)):
@@ -392,7 +392,8 @@ def special_vocab(folder: Path, config: dict, n_vocab: int | None, load_merges: 
 def _chat_template_file(folder: Path):
     jinja, as_json = folder / "chat_template.jinja", folder / "chat_template.json"
     if jinja.is_file():
-        template = jinja.read_text(encoding="utf-8")
+        with malformed(jinja):  # not UTF-8 (a UnicodeDecodeError is a ValueError)
+            template = jinja.read_text(encoding="utf-8")
         extra = sorted((folder / "additional_chat_templates").glob("*.jinja"))
         if extra:
             template = [{"name": "default", "template": template}] + [

@@ -19,15 +19,13 @@ llama-gguf-split into a temporary folder that becomes OUT when complete.
 """
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
-from hf2gguf.atomic import atomic_path
+from hf2gguf.atomic import atomic_folder, atomic_path
 from llama_toolchain import installed_build
 
 FULL_PRECISION = ("F32", "F16", "BF16")
@@ -156,24 +154,6 @@ def llama_quantize(tool: str, src: Path, dest: Path, qtype: str, threads: int, o
             hint = f" The disk holding {out.parent} may be full: {free // 2**20} MiB free."
         raise SystemExit(f"error: llama-quantize failed (exit code {returncode}) making {out} from "
                          f"{src}; its messages are above.{hint}")
-
-
-@contextmanager
-def atomic_folder(out: Path):
-    """Yields an empty temporary folder beside out, which becomes out when the block succeeds and is removed
-    when it fails. Temporaries left by killed runs are removed first."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None,

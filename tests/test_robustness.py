@@ -323,9 +323,9 @@ def start(wf, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def kill_mid_write(proc, folder: Path, process_name: str) -> Path:
-    """Waits until a temporary output has data, then kill -9s the process that writes it; returns the
-    temporary file."""
+def signal_mid_write(proc, folder: Path, process_name: str, sig: int) -> tuple[Path, list[int]]:
+    """Waits until a temporary output has data, then sends sig to the processes that write it; returns the
+    temporary file and those processes."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         temps = [p for p in folder.glob(".*.tmp-*") if p.stat().st_size > 0] if folder.exists() else []
@@ -333,11 +333,16 @@ def kill_mid_write(proc, folder: Path, process_name: str) -> Path:
             victims = [p for p in descendants(proc.pid) if process_name in cmdline(p)]
             if victims:
                 for v in victims:
-                    os.kill(v, signal.SIGKILL)
-                return temps[0]
+                    os.kill(v, sig)
+                return temps[0], victims
         time.sleep(0.002)
     proc.kill()
     raise AssertionError(f"never saw {process_name} writing in {folder}")
+
+
+def kill_mid_write(proc, folder: Path, process_name: str) -> Path:
+    """kill -9 of the process writing a temporary output, once it has data; returns the temporary file."""
+    return signal_mid_write(proc, folder, process_name, signal.SIGKILL)[0]
 
 
 @pytest.fixture(scope="module")
@@ -369,12 +374,13 @@ def test_kill_9_of_llama_quantize_and_a_second_concurrent_run(big):  # 13, 15
     snakemake(big, "outputs/intermediate/big-F16.gguf")
     proc = start(big, target)
     folder = big / "outputs/GPU_LLM_LLAMA"
-    deadline = time.monotonic() + 120
-    while not (folder.exists() and list(folder.glob(".*.tmp-*"))) and time.monotonic() < deadline:
-        time.sleep(0.002)
+    # llama-quantize is paused mid-write, so the first run surely still holds its lock (a tiny model can finish
+    # before a second Snakemake has started)
+    _, writers = signal_mid_write(proc, folder, "llama-quantize", signal.SIGSTOP)
     second = snakemake(big, target, check=False)  # 15: the same tree, while the first run works
     assert second.returncode != 0 and "Directory cannot be locked" in second.output
-    kill_mid_write(proc, folder, "llama-quantize")
+    for pid in writers:
+        os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "Error in rule quantize" in out
     assert not (big / target).exists()

@@ -1,4 +1,4 @@
-"""Our tokenizer conversion (scripts/hf2gguf/tokenizer.py) against three independent references:
+"""Our tokenizer conversion (scripts/hf2gguf/tokenizer/) against three independent references:
 
 1. llama.cpp itself: it tokenizes the test strings of its own tests (models/ggml-vocab-<name>.gguf.inp) with
    our converted vocabularies into the ids of the .out files;
@@ -298,7 +298,7 @@ def test_unknown_pre_tokenizer_regex_is_shown_with_the_fix(folders, tmp_path):
         load_vocab(folder, n_vocab, {}, kinds=("gpt2",))
     text = str(e.value)
     assert str(folder / "tokenizer.json") in text and repr(regex) in text
-    assert "PRE_TOKENIZERS in scripts/hf2gguf/tokenizer.py" in text and "src/llama-vocab.cpp" in text
+    assert "PRE_TOKENIZERS in scripts/hf2gguf/tokenizer/pretokenizers.py" in text and "src/llama-vocab.cpp" in text
 
 
 def test_unknown_pre_tokenizer_type_is_an_error(folders, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .architectures import TensorPlan, architecture_for
+from .architectures import Part, TensorPlan, architecture_for
 from .atomic import atomic_path
 from .errors import ConversionError
 from .peek import full_precision_type
@@ -29,13 +29,14 @@ Q = gguf.GGMLQuantizationType
 OUTTYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0}
 FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
               Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
-ALWAYS_F32 = ("position_embd.weight",)
+# kept F32 whatever the type, as llama.cpp's converter does: the position embedding and the expert routers
+ALWAYS_F32 = ("position_embd.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
 
 
 def tensor_type(plan: TensorPlan, outtype: Q, say=None) -> Q:
     """Norms, biases, other 1-D tensors and the position embedding stay F32; rows that do not fit the
     block size of a quantized type fall back to F16."""
-    if len(plan.shape) <= 1 or plan.name.endswith("_norm.weight") or plan.name in ALWAYS_F32:
+    if len(plan.shape) <= 1 or plan.name.endswith("_norm.weight") or plan.name.endswith(ALWAYS_F32):
         return Q.F32
     block, _ = gguf.GGML_QUANT_SIZES[outtype]
     if plan.shape[-1] % block:
@@ -95,25 +96,38 @@ def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Piece:
-    """Rows start:stop of one tensor (or all of it), and where their bytes go in the output."""
+    """Rows start:stop of one part of a tensor (all of it when whole), and where their bytes go in the output."""
     plan: TensorPlan
     qtype: Q
+    part: Part | None  # None for a tensor made from config.json
     start: int
     stop: int
     offset: int
-    whole: bool  # transposes and 1-D tensors are handled whole
+    whole: bool  # the whole part: transforms, value changes and 1-D tensors are handled whole
 
 
 def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_start: int, alignment: int):
+    """Each tensor's parts at their offsets, in chunks of about CHUNK_BYTES of source: a tensor made of many
+    checkpoint tensors (stacked experts) is never held whole."""
     offset = data_start
     for p, t in zip(plans, types):
         size = nbytes(p.shape, t)
-        rows = p.shape[0] if len(p.shape) >= 2 else 1
-        # transposes, value changes, made-up and 1-D tensors are handled whole
-        whole = p.transform is not None or p.values is not None or p.source is None or len(p.shape) < 2
-        step = rows if whole else max(1, CHUNK_BYTES // max(1, model.row_bytes(p.source)))
-        for start in range(0, rows, step):
-            yield Piece(p, t, start, min(start + step, rows), offset + start * (size // rows), whole)
+        if not p.parts:
+            yield Piece(p, t, None, 0, 1, offset, True)
+        at = offset
+        for part in p.parts:
+            stop = model.rows(part.tensor) if part.stop is None else part.stop
+            rows = stop - part.start
+            shape = model.tensors[part.tensor].shape if part.whole else (rows, model.tensors[part.tensor].shape[-1])
+            part_size = nbytes(shape, t)
+            whole = part.transform is not None or p.values is not None or len(p.shape) < 2
+            step = rows if whole else max(1, CHUNK_BYTES // max(1, model.row_bytes(part.tensor)))
+            for start in range(part.start, stop, step):
+                end = min(start + step, stop)
+                yield Piece(p, t, part, start, end, at + (start - part.start) * (part_size // rows), whole)
+            at += part_size
+        if p.parts and at - offset != size:
+            raise AssertionError(f"{p.name}: its parts hold {at - offset} bytes, its shape {list(p.shape)} {size}")
         offset += gguf.GGUFWriter.ggml_pad(size, alignment)
 
 
@@ -146,11 +160,14 @@ def pwrite_all(fd: int, data, offset: int) -> None:
 
 def source_values(model: ModelFolder, piece: Piece) -> tuple[np.ndarray, str]:
     """The piece's values and their dtype name, after the plan's value change if it has one."""
-    p = piece.plan
-    if p.source is None:
+    p, part = piece.plan, piece.part
+    if part is None:
         return p.data, "F32"
-    dtype = model.tensors[p.source].dtype
-    data = model.read(p.source) if piece.whole else model.read(p.source, piece.start, piece.stop)
+    dtype = model.tensors[part.tensor].dtype
+    if piece.whole and part.whole:
+        data = model.read(part.tensor)
+    else:
+        data = model.read(part.tensor, piece.start, piece.stop)
     if p.values is None:
         return data, dtype
     if dtype not in ("F16", "F32"):  # changed in F32, as llama.cpp's converter does (it widens BF16 and F64 first)
@@ -160,20 +177,21 @@ def source_values(model: ModelFolder, piece: Piece) -> tuple[np.ndarray, str]:
 
 
 def process(model: ModelFolder, piece: Piece, dst_fd: int) -> None:
-    p = piece.plan
-    src = model.tensors[p.source] if p.source else None
-    if src and p.transform is None and p.values is None and (src.dtype, piece.qtype) in SAME:
-        row = model.row_bytes(p.source)
+    p, part = piece.plan, piece.part
+    src = model.tensors[part.tensor] if part else None
+    transform = part.transform if part else None
+    if src and transform is None and p.values is None and (src.dtype, piece.qtype) in SAME:
+        row = model.row_bytes(part.tensor)
         copy_range(model.fd(src.shard), src.offset + piece.start * row, dst_fd, piece.offset,
-                   src.nbytes if piece.whole else (piece.stop - piece.start) * row)
+                   (piece.stop - piece.start) * row)
         return
     data, dtype = source_values(model, piece)
-    if p.transform is None:
+    if transform is None:
         out = encode(data, dtype, piece.qtype)
     elif piece.qtype in ELEMENTWISE:  # convert in the source's layout (fast), then change the layout
-        out = p.transform(encode(data, dtype, piece.qtype))
+        out = transform(encode(data, dtype, piece.qtype))
     else:  # block types quantize rows of the final layout
-        out = encode(contiguous(p.transform(to_f32(data, dtype))), "F32", piece.qtype)
+        out = encode(contiguous(transform(to_f32(data, dtype))), "F32", piece.qtype)
     pwrite_all(dst_fd, contiguous(out), piece.offset)
 
 
@@ -242,7 +260,7 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
         left[piece.plan.name] -= 1
         if not left[piece.plan.name]:
             done += 1
-            dtype = model.tensors[piece.plan.source].dtype if piece.plan.source else "F32"
+            dtype = model.tensors[piece.plan.source].dtype if piece.plan.parts else "F32"
             log(f"[{done:{width}}/{len(plans)}] {piece.plan.name:<32} {dtype:>4} -> {piece.qtype.name:<5} "
                 f"{list(piece.plan.shape)}")
 

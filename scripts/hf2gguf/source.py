@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -129,17 +130,22 @@ class ModelFolder:
             os.close(fd)
         self._fds.clear()
 
+    def rows(self, name: str) -> int:
+        """The tensor's rows of its last axis: a [n_expert, n_ff, n_embd] tensor has n_expert * n_ff."""
+        shape = self.tensors[name].shape
+        return prod(shape[:-1]) if shape else 1
+
     def row_bytes(self, name: str) -> int:
-        t = self.tensors[name]
-        return t.nbytes // t.shape[0] if t.shape and t.shape[0] else t.nbytes
+        return self.tensors[name].nbytes // max(1, self.rows(name))
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows start:stop of the tensor, read into a new array (not memory-mapped: mapped pages would count
-        in the process's resident memory). BF16 comes back as its uint16 bits."""
+        """Rows start:stop of the tensor (rows of its last axis), read into a new array (not memory-mapped:
+        mapped pages would count in the process's resident memory): the whole tensor in its own shape, or a
+        matrix of the rows. BF16 comes back as its uint16 bits."""
         self.check_dtype(name)
         t = self.tensors[name]
-        rows = t.shape[0] if t.shape else 1
-        stop = rows if stop is None else stop
+        whole = start == 0 and stop is None
+        stop = self.rows(name) if stop is None else stop
         row = self.row_bytes(name)
         buf = np.empty((stop - start) * row, dtype=np.uint8)
         view, pos = memoryview(buf), t.offset + start * row
@@ -148,4 +154,5 @@ class ModelFolder:
             if n <= 0:
                 raise ConversionError(t.shard, f"ended while reading tensor {name!r}", "re-download it")
             view, pos = view[n:], pos + n
-        return buf.view(DTYPES[t.dtype]).reshape((stop - start, *t.shape[1:]) if t.shape else ())
+        data = buf.view(DTYPES[t.dtype])
+        return data.reshape(t.shape if whole else (stop - start, t.shape[-1]))

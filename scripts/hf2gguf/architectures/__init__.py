@@ -1,3 +1,3 @@
 """One module per architecture. Importing this package registers them all."""
-from . import gemma, gemma2, gpt2, llama, mistral, phi3, qwen2, qwen3  # noqa: F401
-from .base import REGISTRY, Architecture, TensorPlan, architecture_for  # noqa: F401
+from . import gemma, gemma2, gemma3, gpt2, llama, mistral, mixtral, olmoe, phi3, qwen2, qwen2moe, qwen3, qwen3moe  # noqa: F401
+from .base import REGISTRY, Architecture, Part, TensorPlan, architecture_for  # noqa: F401

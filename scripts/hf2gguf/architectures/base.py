@@ -23,18 +23,39 @@ def register(*hf_architectures: str):
     return deco
 
 
+@dataclass(frozen=True)
+class Part:
+    """Rows start:stop of a checkpoint tensor, counted as rows of its last axis: a [n_expert, n_ff, n_embd]
+    tensor has n_expert * n_ff rows of n_embd values (stop None: to the end). A GGUF tensor is its parts'
+    values, one after the other: experts stacked along a new leading axis, or tensors concatenated. A part of a
+    fused tensor (a row range) lets one checkpoint tensor feed several GGUF tensors."""
+    tensor: str  # Hugging Face tensor name
+    start: int = 0
+    stop: int | None = None
+    # A layout change only (transpose, permutation of rows), returning a view where it can. It gets the whole
+    # tensor in its own shape, or the part's rows as a matrix. The converter may apply it after the type
+    # conversion, so it must not change values.
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.stop is None
+
+
 @dataclass
 class TensorPlan:
     name: str  # GGUF tensor name
     shape: tuple[int, ...]  # numpy shape as written (GGUF stores it reversed)
-    source: str | None  # Hugging Face tensor name; None for a tensor made from config.json (data)
-    # A layout change only (transpose, permutation of rows), returning a view where it can. The converter
-    # may apply it after the type conversion, so it must not change values.
-    transform: Callable[[np.ndarray], np.ndarray] | None = None
+    parts: tuple[Part, ...] = ()  # empty for a tensor made from config.json (data)
     # A change of values (Gemma's norm + 1), applied before any type conversion to the values as llama.cpp's
     # converter holds them: F16 and F32 as stored, BF16 widened to F32.
     values: Callable[[np.ndarray], np.ndarray] | None = None
     data: np.ndarray | None = None  # float32 values of a tensor that the checkpoint does not hold
+
+    @property
+    def source(self) -> str | None:
+        """The checkpoint tensor it is made from (the first, for a tensor of several parts)."""
+        return self.parts[0].tensor if self.parts else None
 
 
 class Architecture:
@@ -113,18 +134,27 @@ class Architecture:
                                   "check that config.json's architectures matches the weights")
         return mapped
 
+    def tensor_plans(self, hf_name: str) -> list[TensorPlan]:
+        """The GGUF tensors one checkpoint tensor gives, as they become complete: none while a tensor waits for
+        the rest of a group (experts), several when it completes one or a fused tensor is split."""
+        name = self.map_name(hf_name)
+        shape, transform = self.modify(name, hf_name, self.model.tensors[hf_name].shape)
+        return [TensorPlan(name, tuple(shape), (Part(hf_name, transform=transform),), self.values(name, hf_name))]
+
+    def check_complete(self) -> None:
+        """Called after the last checkpoint tensor: refuses groups that never completed."""
+
     def plan(self) -> list[TensorPlan]:
         """The tensors in llama.cpp's converter's order: those made from config.json first, then the
-        checkpoint's, shard by shard in header order."""
-        plans = [TensorPlan(name, data.shape, None, data=np.ascontiguousarray(data, np.float32))
+        checkpoint's, shard by shard in header order (a group, such as a layer's experts, where it completes)."""
+        plans = [TensorPlan(name, data.shape, data=np.ascontiguousarray(data, np.float32))
                  for name, data in self.extra_tensors().items()]
-        for hf_name, info in self.model.tensors.items():
+        for hf_name in self.model.tensors:
             if self.skip(hf_name):
                 continue
             self.model.check_dtype(hf_name)
-            name = self.map_name(hf_name)
-            shape, transform = self.modify(name, hf_name, info.shape)
-            plans.append(TensorPlan(name, tuple(shape), hf_name, transform, self.values(name, hf_name)))
+            plans.extend(self.tensor_plans(hf_name))
+        self.check_complete()
         self.check_shapes(plans)
         return plans
 
@@ -149,8 +179,10 @@ class Architecture:
                                       f"{self.block_count} blocks)", "check that every weight file is complete")
             p = by_name[name]
             if p.shape != shape:
-                got = self.model.tensors[p.source].shape if p.source else p.shape
-                raise ConversionError(self.model.path, f"tensor {p.source} has shape {list(got)}, but config.json "
+                single = len(p.parts) == 1 and p.parts[0].whole
+                what = p.source if single else f"{name}, made from {', '.join(q.tensor for q in p.parts[:2])}, ...,"
+                got = self.model.tensors[p.source].shape if single else p.shape
+                raise ConversionError(self.model.path, f"tensor {what} has shape {list(got)}, but config.json "
                                       f"implies {list(shape)} for {name}", "use the config.json of these weights")
 
 

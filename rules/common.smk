@@ -15,6 +15,7 @@ SCRIPTS = os.path.join(ROOT, "scripts")
 sys.path.insert(0, SCRIPTS)
 import llama_toolchain
 import pipeline
+import reference_converter
 from pipeline import ConfigError
 
 
@@ -361,3 +362,71 @@ def code_digest(*names):
             with open(path, "rb") as fh:
                 h.update(fh.read())
     return h.hexdigest()
+
+
+# --- the converter of each model (README: "Choosing the converter") -------------------------------------
+# CONVERTER auto: ours where it supports the architecture, else llama.cpp's convert_hf_to_gguf.py (from the
+# pinned sdist), which runs in an environment built once per machine (rule reference_converter) or, with
+# --sdm conda, in envs/reference-converter.yaml.
+REFERENCE_ENV = f"{OUT}/toolchain/reference-converter-{reference_converter.env_key()}.json"
+CONVERTERS = {
+    "hf2gguf": {
+        "command": f"python {shlex.quote(script('convert.py'))}",
+        "code": code_digest("convert.py", "hf2gguf"),
+        "conda": "../envs/converter.yaml",
+    },
+    "llama.cpp": {
+        "command": f"python {shlex.quote(script('reference_converter.py'))} convert",
+        "code": code_digest("reference_converter.py", "llama_toolchain.py"),
+        "conda": "../envs/reference-converter.yaml",
+    },
+}
+_converter_of = {}
+
+
+def converter_of(model):
+    """hf2gguf or llama.cpp, from CONVERTER and the model's config.json: an architecture that neither may
+    convert stops the workflow here, while the job graph is built, before any job runs."""
+    if model not in _converter_of:
+        _converter_of[model] = check(
+            pipeline.choose_converter, config["CONVERTER"], MODELS, model
+        )
+    return _converter_of[model]
+
+
+def converter(field):
+    """A field of CONVERTERS for the model's converter: the convert rule's command, code digest, conda env."""
+    return lambda wildcards: CONVERTERS[converter_of(wildcards.model)][field]
+
+
+def reference_env(wildcards):
+    """The record of llama.cpp's converter environment, for the models it converts (none under --sdm conda,
+    where the job's conda env is that environment)."""
+    ensure_model(wildcards.model)
+    if converter_of(wildcards.model) != "llama.cpp" or "conda" in DEPLOYMENT:
+        return []
+    return REFERENCE_ENV
+
+
+def reference_arguments(wildcards, input):
+    if converter_of(wildcards.model) != "llama.cpp":
+        return ""
+    env = f"--env {shlex.quote(input.env)} " if input.env else ""
+    return env + f"--log {shlex.quote(f'{LOGS}/convert/{wildcards.model}-{wildcards.ftype}.log')}"
+
+
+def convert_mem_mb(wildcards):
+    """Our converter streams: about 15% of the model (README, Performance). llama.cpp's loads lazily, but
+    torch and transformers take about 700 MB and it holds the largest tensors (measured: README)."""
+    size = model_size_mb(wildcards)
+    if converter_of(wildcards.model) == "llama.cpp":
+        return 1536 + size // 2
+    return 512 + size // 5
+
+
+def convert_runtime(wildcards):
+    """Minutes: ours converts at 400 MB/s or more, llama.cpp's at about 80 MB/s (README, Performance)."""
+    size = model_size_mb(wildcards)
+    if converter_of(wildcards.model) == "llama.cpp":
+        return 10 + size // 1500
+    return 10 + size // 6000

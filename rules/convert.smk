@@ -1,11 +1,15 @@
-# Hugging Face folder -> one GGUF per model and type, with our pure-Python converter (scripts/hf2gguf).
-# The full-precision one is the intermediate that every quantization starts from. The input is the model
-# folder's content fingerprint, not its files, so a fresh checkout (new mtimes) reconverts nothing.
+# Hugging Face folder -> one GGUF per model and type: our pure-Python converter (scripts/hf2gguf), or, for the
+# architectures it does not support (CONVERTER: auto) or for every model (CONVERTER: llama.cpp), llama.cpp's own
+# convert_hf_to_gguf.py from the pinned sdist (scripts/reference_converter.py). The full-precision one is the
+# intermediate that every quantization starts from. The input is the model folder's content fingerprint, not its
+# files, so a fresh checkout (new mtimes) reconverts nothing; the converter is a param, so switching it
+# reconverts exactly the models it changes for.
 
 
 rule convert:
     input:
-        model_fingerprint,
+        fingerprint=model_fingerprint,
+        env=reference_env,
     output:
         f"{OUT}/intermediate/{{model}}-{{ftype}}.gguf",
     log:
@@ -13,18 +17,18 @@ rule convert:
     wildcard_constraints:
         ftype="|".join(pipeline.DIRECT_PRECISIONS),
     conda:
-        "../envs/converter.yaml"
+        converter("conda")
     threads: 4
     resources:
-        # sized from the model folder (the input is only its fingerprint): the converter streams, its peak
-        # memory is about 15% of the model (README, Performance), and it converts at 400 MB/s or more
-        mem_mb=lambda w: 512 + model_size_mb(w) // 5,
-        runtime=lambda w: 10 + model_size_mb(w) // 6000,
+        # sized from the model folder (the input is only its fingerprint) and the converter (common.smk)
+        mem_mb=convert_mem_mb,
+        runtime=convert_runtime,
     params:
+        converter=lambda w: converter_of(w.model),
+        command=converter("command"),
+        code=converter("code"),
         folder=lambda w: f"{MODELS}/{w.model}",
-        script=script("convert.py"),
-        code=code_digest("convert.py", "hf2gguf"),
+        reference=reference_arguments,
     shell:
-        "python {params.script:q} {params.folder:q} -o {output:q} --outtype {wildcards.ftype} --threads {threads}"
-        " --fingerprint {input:q}"
-        " 2>&1 | tee {log:q}"
+        "{params.command} {params.folder:q} -o {output:q} --outtype {wildcards.ftype} --threads {threads}"
+        " --fingerprint {input.fingerprint:q} {params.reference} 2>&1 | tee {log:q}"

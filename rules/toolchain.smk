@@ -20,3 +20,22 @@ rule llama_cpp:
     shell:
         "python {params.script:q} {params.flags} --jobs {threads} --dest $(dirname {output.quantize:q})"
         " llama-quantize llama-perplexity llama-imatrix llama-gguf-split 2>&1 | tee {log:q}"
+
+
+# The environment of llama.cpp's converter (torch CPU, transformers; scripts/reference_converter.py), built only
+# when a model needs it, once per machine, into the cache beside llama.cpp's build; the file here records which
+# python runs it. Local, because cluster nodes often have no network.
+localrules:
+    reference_converter,
+
+
+rule reference_converter:
+    output:
+        REFERENCE_ENV,
+    log:
+        f"{LOGS}/toolchain/{os.path.basename(REFERENCE_ENV)}.log",
+    params:
+        script=script("reference_converter.py"),
+        python=os.environ.get(reference_converter.ENV_VARIABLE, ""),
+    shell:
+        "python {params.script:q} env {output:q} 2>&1 | tee {log:q}"

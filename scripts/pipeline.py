@@ -5,7 +5,10 @@ work beyond reading a few small files: a no-op rerun must stay fast.
 """
 from __future__ import annotations
 
+import ast
+import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -204,10 +207,99 @@ def fingerprint(models_dir: str, model: str, out_dir: str) -> str:
     return str(target)
 
 
+# --- which converter makes a model's intermediate (README: "Choosing the converter") ----------------------
+CONVERTERS = ("auto", "hf2gguf", "llama.cpp")  # CONVERTER in converter_args.yaml
+REFERENCE = "llama.cpp's convert_hf_to_gguf.py"
+
+
+@lru_cache(maxsize=1)
+def our_architectures() -> tuple[str, ...]:
+    """config.json architectures our converter supports: the names of the @register(...) decorators in
+    scripts/hf2gguf/architectures/, read without importing the package (numpy and gguf: a second at start-up).
+    tests/test_fallback.py checks them against hf2gguf.architectures.REGISTRY."""
+    names = []
+    for path in sorted((Path(__file__).resolve().parent / "hf2gguf" / "architectures").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register":
+                names += [ast.literal_eval(arg) for arg in node.args]
+    return tuple(sorted(names))
+
+
+def model_architectures(models_dir: str, model: str) -> list[str]:
+    """config.json's architectures, then those of its text_config (where llama.cpp's converter looks too)."""
+    path = Path(models_dir) / model / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing. A Hugging Face model folder has a config.json naming its "
+                          "architectures") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e}). Download it again") from None
+    names = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{path}: has no \"architectures\" list. Add the one of the model, e.g. "
+                          f"\"architectures\": [\"{our_architectures()[0]}\"]")
+    text = (config.get("text_config") or {}).get("architectures") or []
+    return names + [n for n in text if isinstance(n, str)]
+
+
+def _nearest(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+    return f"{len(known)} architectures, the nearest: {', '.join(close)}" if close else f"{len(known)} architectures"
+
+
+def choose_converter(setting: str, models_dir: str, model: str, theirs=None) -> str:
+    """'hf2gguf' or 'llama.cpp' for a model: CONVERTER (auto: ours when it supports the architecture, else
+    llama.cpp's) and config.json. theirs() gives llama.cpp's list; it is called only when ours does not apply,
+    because it reads the sdist. An architecture that the chosen converter(s) do not know is a ConfigError."""
+    names = model_architectures(models_dir, model)
+    ours = our_architectures()
+    if setting != "llama.cpp" and any(n in ours for n in names):
+        return "hf2gguf"
+    if theirs is None:
+        from reference_converter import architectures as theirs
+    try:
+        known = theirs()
+    except Exception as e:  # no sdist and no network: only the error message needs the list now
+        if setting != "hf2gguf":
+            raise ConfigError(f"{model}: its architecture {names[0]} needs {REFERENCE}, whose list of "
+                              f"architectures could not be read: {e}") from None
+        known = None
+    theirs_ok = known is not None and any(n in known for n in names)
+    where = f"{models_dir}/{model}/config.json: architecture {', '.join(names)}"
+    ours_list = f"our converter supports {', '.join(ours)}"
+    all_theirs = "(all: python scripts/reference_converter.py architectures)"
+    if setting == "hf2gguf":
+        if theirs_ok:
+            auto = f"CONVERTER: auto (the default) would convert it with {REFERENCE}"
+        elif known is None:
+            auto = f"CONVERTER: auto (the default) would convert it with {REFERENCE} if that knows it"
+        else:
+            auto = f"{REFERENCE} does not know it either"
+        raise ConfigError(f"{where} is not supported by our converter, and CONVERTER is hf2gguf in "
+                          f"converter_args.yaml: {ours_list}. {auto}")
+    if theirs_ok:
+        return "llama.cpp"
+    if setting == "llama.cpp":
+        hint = "; our converter does: set CONVERTER: auto" if any(n in ours for n in names) else ""
+        raise ConfigError(f"{where} is not supported by {REFERENCE}, and CONVERTER is llama.cpp in "
+                          f"converter_args.yaml{hint}. It converts {_nearest(names[0], known)} {all_theirs}")
+    raise ConfigError(f"{where} is supported neither by our converter nor by {REFERENCE}: {ours_list}; "
+                      f"llama.cpp's converts {_nearest(names[0], known)} {all_theirs}. Check the name in "
+                      "config.json, or convert the model with a llama.cpp that knows it and place the GGUF yourself")
+
+
+def converter_of_gguf(kv: dict) -> str:
+    """Which converter made a GGUF, from its provenance keys: llama.cpp's writes hf2gguf.converter."""
+    return kv.get("hf2gguf.converter") or "hf2gguf"
+
+
 def validation_summary(report: dict) -> str:
     return (f"{report['gguf']}: {report['file_bytes'] / 1e6:.1f} MB, {report['bits_per_weight']:.2f} bpw, "
             f"KLD {report['kl_divergence']:.4f}, top-1 {100 * report['top1_agreement']:.1f}%, "
-            f"PPL {report['perplexity']:.2f}")
+            f"PPL {report['perplexity']:.2f}, converted by {report.get('converter', 'hf2gguf')}")
 
 
 def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str:

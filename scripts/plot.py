@@ -52,7 +52,7 @@ def plot(rows, out: Path) -> None:
 
 def table(rows, out: Path) -> None:
     cols = ["pair", "model", "precision", "file_bytes", "bits_per_weight", "kl_divergence", "top1_agreement",
-            "perplexity", "loaded", "wall_seconds", "llama_cpp_build"]
+            "perplexity", "loaded", "wall_seconds", "llama_cpp_build", "converter"]
     head = "".join(f"<th>{c}</th>" for c in cols + ["tensors_by_type"])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for c in cols) +
                    f"<td>{html.escape(json.dumps(r['tensors_by_type']))}</td></tr>" for r in rows)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hf2gguf.atomic import atomic_path
 from llama_toolchain import installed_build
-from pipeline import gguf_files, validation_summary
+from pipeline import converter_of_gguf, gguf_files, validation_summary
 
 MAGIC = b"_logits_"
 NEG_CUTOFF = -16.0  # llama.cpp ignores base probabilities below exp(-16) in its KL sum; so do we
@@ -75,13 +75,15 @@ def gguf_facts(path: Path) -> dict:
     import gguf
 
     files = gguf_files(path)
-    tensors = [t for f in files for t in gguf.GGUFReader(f).tensors]
+    readers = [gguf.GGUFReader(f) for f in files]
+    tensors = [t for r in readers for t in r.tensors]
     params = sum(int(t.n_elements) for t in tensors)
     data_bytes = sum(int(t.n_bytes) for t in tensors)
     types = collections.Counter(t.tensor_type.name for t in tensors)
+    provenance = {k: f.contents() for k, f in readers[0].fields.items() if k.startswith("hf2gguf.")}
     return {"file_bytes": sum(f.stat().st_size for f in files), "files": len(files), "parameters": params,
             "bits_per_weight": round(8 * data_bytes / params, 4),
-            "tensors_by_type": dict(sorted(types.items()))}
+            "tensors_by_type": dict(sorted(types.items())), "converter": converter_of_gguf(provenance)}
 
 
 def validate(gguf_path: Path, kld_base: Path, perplexity: str, text: Path, ctx: int, threads: int = 1) -> dict:

@@ -416,16 +416,18 @@ def reference_arguments(wildcards, input):
 
 
 def convert_mem_mb(wildcards):
-    """Our converter streams: about 15% of the model (README, Performance). llama.cpp's loads lazily, but
-    torch and transformers take about 700 MB and it holds the largest tensors (measured: README)."""
+    """Our converter streams: about 15% of the model (README, Performance). llama.cpp's loads lazily; torch
+    and transformers take about 300 MB, and its peak was 664 MiB for a 424 MiB model and 887 MiB for 2.3 GiB
+    (README, Choosing the converter)."""
     size = model_size_mb(wildcards)
     if converter_of(wildcards.model) == "llama.cpp":
-        return 1536 + size // 2
+        return 1024 + size // 2
     return 512 + size // 5
 
 
 def convert_runtime(wildcards):
-    """Minutes: ours converts at 400 MB/s or more, llama.cpp's at about 80 MB/s (README, Performance)."""
+    """Minutes: ours converts at 400 MB/s or more, llama.cpp's at about 80 MB/s after 8 s of start-up
+    (README, Performance)."""
     size = model_size_mb(wildcards)
     if converter_of(wildcards.model) == "llama.cpp":
         return 10 + size // 1500

@@ -52,10 +52,11 @@ class Fixture:
 _ROPE = {"rope_type": "default"}
 FIXTURES: dict[str, Fixture] = {
     # tiiuae/falcon-7b: one shared KV head (multi_query), parallel attention and MLP, no biases, GELU, tied
-    # embeddings. Its config.json has no num_kv_heads (llama.cpp's converter then takes 1, as transformers does
-    # for multi_query); transformers 5 would write num_attention_heads there.
-    "falcon": Fixture("FalconForCausalLM", "falcon", "gpt-2", "bfloat16", gelu=True, seed=21, drop=("num_kv_heads",),
-                      config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=True,
+    # embeddings. num_kv_heads: 1 is written out: without it transformers' FalconConfig fills in
+    # num_attention_heads, which its model ignores for multi_query but llama.cpp's converter (b11312) reads.
+    "falcon": Fixture("FalconForCausalLM", "falcon", "gpt-2", "bfloat16", gelu=True, seed=21,
+                      config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=1,
+                                  multi_query=True,
                                   new_decoder_architecture=False, parallel_attn=True, bias=False, alibi=False,
                                   layer_norm_epsilon=1e-5, tie_word_embeddings=True,
                                   rope_parameters=_ROPE | {"rope_theta": 10000.0})),

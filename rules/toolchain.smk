@@ -34,6 +34,8 @@ rule reference_converter:
         REFERENCE_ENV,
     log:
         f"{LOGS}/toolchain/{os.path.basename(REFERENCE_ENV)}.log",
+    conda:
+        "../envs/toolchain.yaml"
     params:
         script=script("reference_converter.py"),
         python=os.environ.get(reference_converter.ENV_VARIABLE, ""),

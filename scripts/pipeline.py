@@ -288,7 +288,7 @@ def choose_converter(setting: str, models_dir: str, model: str, theirs=None) -> 
                           f"converter_args.yaml{hint}. It converts {_nearest(names[0], known)} {all_theirs}")
     raise ConfigError(f"{where} is supported neither by our converter nor by {REFERENCE}: {ours_list}; "
                       f"llama.cpp's converts {_nearest(names[0], known)} {all_theirs}. Check the name in "
-                      "config.json, or convert the model with a llama.cpp that knows it and place the GGUF yourself")
+                      "config.json; a newer llama.cpp may know it, outside this workflow")
 
 
 def converter_of_gguf(kv: dict) -> str:

@@ -66,7 +66,7 @@ def parse_architectures(conversion_init: Path) -> list[str]:
         target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
         if isinstance(target, ast.Name) and target.id == "TEXT_MODEL_MAP":
             return sorted(ast.literal_eval(node.value))
-    raise ReferenceConverterError(f"{conversion_init} has no TEXT_MODEL_MAP; is this llama.cpp {llama_toolchain.LLAMA_BUILD}?")
+    raise ReferenceConverterError(f"{conversion_init} has no TEXT_MODEL_MAP; is it llama.cpp {llama_toolchain.LLAMA_BUILD}?")
 
 
 def architectures() -> list[str]:
@@ -125,8 +125,9 @@ def _offline_help(folder: Path) -> str:
 def check_python(python: str) -> None:
     proc = subprocess.run([python, "-c", CHECK_IMPORTS], capture_output=True, text=True)
     if proc.returncode:
-        raise ReferenceConverterError(f"{python} cannot run llama.cpp's converter: {proc.stderr.strip().splitlines()[-1:]}. "
-                             f"It needs {', '.join(REQUIREMENTS)} (a CPU build of torch)")
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        raise ReferenceConverterError(f"{python} cannot run llama.cpp's converter ({last}). It needs "
+                                      f"{', '.join(REQUIREMENTS)} (a CPU build of torch)")
 
 
 def build_env() -> str:
@@ -162,22 +163,25 @@ def build_env() -> str:
 
 def _install(folder: Path, python: Path) -> None:
     if _run([sys.executable, "-m", "venv", str(folder)]):
-        raise ReferenceConverterError(f"python -m venv {folder} failed; install the venv module (apt-get install python3-venv)")
+        raise ReferenceConverterError(f"python -m venv {folder} failed; install the venv module (apt-get install "
+                                      "python3-venv)")
     pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     # resolve first, and refuse torch's CUDA build (its nvidia-* dependencies are several GB)
     report = folder / "pip-report.json"
     if _run([*pip, "install", "--quiet", "--dry-run", "--report", str(report), *REQUIREMENTS], tail):
-        raise ReferenceConverterError("could not install llama.cpp's converter environment from the package index (no "
-                             "network?). pip's last lines:\n  " + "\n  ".join(tail) + "\n" + _offline_help(folder))
+        raise ReferenceConverterError("could not install llama.cpp's converter environment from the package index "
+                                      "(no network?). pip's last lines:\n  " + "\n  ".join(tail) + "\n"
+                                      + _offline_help(folder))
     planned = [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]]
     cuda = sorted(n for n in planned if n.lower().startswith("nvidia-"))
     if cuda:
-        raise ReferenceConverterError(f"pip would install torch's CUDA build ({', '.join(cuda[:3])}, ...: several GB). "
-                             "Make the CPU build of torch==2.13.0 findable (PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL "
-                             f"pointing at PyTorch's CPU wheels), or set {ENV_VARIABLE}")
+        raise ReferenceConverterError(f"pip would install torch's CUDA build ({', '.join(cuda[:3])}, ...: several "
+                                      "GB). Make the CPU build of torch==2.13.0 findable (PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL "
+                                      f"pointing at PyTorch's CPU wheels), or set {ENV_VARIABLE}")
     if _run([*pip, "install", "--quiet", *REQUIREMENTS], tail):
-        raise ReferenceConverterError("pip install failed. Its last lines:\n  " + "\n  ".join(tail) + "\n" + _offline_help(folder))
+        raise ReferenceConverterError("pip install failed. Its last lines:\n  " + "\n  ".join(tail) + "\n"
+                                      + _offline_help(folder))
     check_python(str(python))
 
 
@@ -190,6 +194,14 @@ def write_marker(path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(info, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def recorded_python(marker: Path) -> str:
+    python = json.loads(marker.read_text())["python"]
+    if not os.access(python, os.X_OK):
+        raise ReferenceConverterError(f"{python}, the python recorded in {marker}, is missing (a cleaned cache, or a "
+                                      f"node that does not see it). Delete {marker} to build it again")
+    return python
 
 
 # --- converting -----------------------------------------------------------------------------------------------
@@ -284,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.command == "env":
             write_marker(a.marker) if a.marker else print(build_env())
         elif a.command == "convert":
-            python = json.loads(a.env.read_text())["python"] if a.env else sys.executable
+            python = recorded_python(a.env) if a.env else sys.executable
             convert(a.model_dir, a.output, a.outtype, python, a.fingerprint, a.log)
         else:
             _inside(a.spec)

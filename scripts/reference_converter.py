@@ -66,7 +66,8 @@ def parse_architectures(conversion_init: Path) -> list[str]:
         target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
         if isinstance(target, ast.Name) and target.id == "TEXT_MODEL_MAP":
             return sorted(ast.literal_eval(node.value))
-    raise ReferenceConverterError(f"{conversion_init} has no TEXT_MODEL_MAP; is it llama.cpp {llama_toolchain.LLAMA_BUILD}?")
+    raise ReferenceConverterError(f"{conversion_init} has no TEXT_MODEL_MAP; is it llama.cpp "
+                                  f"{llama_toolchain.LLAMA_BUILD}?")
 
 
 def architectures() -> list[str]:
@@ -177,8 +178,8 @@ def _install(folder: Path, python: Path) -> None:
     cuda = sorted(n for n in planned if n.lower().startswith("nvidia-"))
     if cuda:
         raise ReferenceConverterError(f"pip would install torch's CUDA build ({', '.join(cuda[:3])}, ...: several "
-                                      "GB). Make the CPU build of torch==2.13.0 findable (PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL "
-                                      f"pointing at PyTorch's CPU wheels), or set {ENV_VARIABLE}")
+                                      "GB). Make the CPU build of torch==2.13.0 findable (PIP_FIND_LINKS or "
+                                      f"PIP_EXTRA_INDEX_URL pointing at PyTorch's CPU wheels), or set {ENV_VARIABLE}")
     if _run([*pip, "install", "--quiet", *REQUIREMENTS], tail):
         raise ReferenceConverterError("pip install failed. Its last lines:\n  " + "\n  ".join(tail) + "\n"
                                       + _offline_help(folder))

@@ -377,7 +377,7 @@ CONVERTERS = {
     },
     "llama.cpp": {
         "command": f"python {shlex.quote(script('reference_converter.py'))} convert",
-        "code": code_digest("reference_converter.py", "llama_toolchain.py"),
+        "code": code_digest("reference_converter.py"),
         "conda": "../envs/reference-converter.yaml",
     },
 }

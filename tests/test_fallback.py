@@ -288,6 +288,7 @@ def test_supported_models_alone_never_create_the_environment(workflow, tmp_path)
     assert run.jobs()["convert"] == 2 and "reference_converter" not in run.jobs()
     assert not (tmp_path / "cache" / "reference-converter").exists()
     assert "converted by hf2gguf" in run.output
+    assert json.loads((workflow / "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q4_K_M.json").read_text())["converter"] == "hf2gguf"
 
 
 @pytest.mark.workflow

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -56,12 +57,16 @@ class Variant:
     @property
     def gelu(self) -> bool:
         """llama.cpp's CPU GELU uses an fp16 table: these models get a looser logit tolerance."""
-        return self.model_type in ("gpt2", "gemma", "gemma2")
+        return self.model_type in ("gpt2", "gemma", "gemma2") + GEMMA3
 
 
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2",
                "Phi3ForCausalLM": "phi3", "GPT2LMHeadModel": "gpt2"}
+MODEL_TYPES |= {"Gemma3ForCausalLM": "gemma3_text", "Gemma3ForConditionalGeneration": "gemma3"}
+GEMMA3 = ("gemma3_text", "gemma3")
+MODEL_TYPES |= {"MixtralForCausalLM": "mixtral", "Qwen2MoeForCausalLM": "qwen2_moe",
+                "Qwen3MoeForCausalLM": "qwen3_moe", "OlmoeForCausalLM": "olmoe"}
 
 # 2 layers, hidden size 64, GQA (4 query heads, 2 KV heads) wherever the architecture has it.
 _DECODER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -80,11 +85,42 @@ BASE = {
                               sliding_window=8),
     "phi3": _DECODER | dict(original_max_position_embeddings=256, sliding_window=None),
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, layer_norm_epsilon=1e-5),
+    # Mixture of Experts, with the released configs' fields and routing (experts per token, top-k
+    # normalisation); at least 4 experts and 2 active, and more than 10 where the release has more, so that
+    # expert 10 must come after expert 9
+    "mixtral": _DECODER | dict(num_local_experts=8, num_experts_per_tok=2, sliding_window=None,
+                               router_aux_loss_coef=0.02, output_router_logits=False),
+    "qwen2_moe": _DECODER | dict(rms_norm_eps=1e-6, num_experts=12, num_experts_per_tok=4, moe_intermediate_size=32,
+                                 shared_expert_intermediate_size=128, decoder_sparse_step=1, mlp_only_layers=[],
+                                 norm_topk_prob=False, use_sliding_window=False, max_window_layers=2),
+    "qwen3_moe": _DECODER | dict(head_dim=32, rms_norm_eps=1e-6, num_experts=16, num_experts_per_tok=4,
+                                 moe_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[],
+                                 norm_topk_prob=True, use_sliding_window=False, max_window_layers=2,
+                                 attention_bias=False),
+    "olmoe": _DECODER | dict(num_key_value_heads=4, num_experts=10, num_experts_per_tok=2, norm_topk_prob=False,
+                             clip_qkv=None, max_position_embeddings=4096),
+    # gemma-3-1b at tiny size: 4 query heads of 256 on 1 KV head. 6 layers, as llama.cpp fixes the pattern (every
+    # 6th layer global, the others sliding), and a window shorter than the recorded sequence
+    "gemma3_text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+                        num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, max_position_embeddings=32768,
+                        rms_norm_eps=1e-6, sliding_window=8, hidden_activation="gelu_pytorch_tanh"),
+    # gemma-3-4b at tiny size: text_config states what the release's does (heads: the defaults, 8 of 256 on 4),
+    # and a 2-layer SigLIP of 4x4 patches pooled to 2x2 image tokens
+    "gemma3": dict(text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, sliding_window=8),
+                   vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                      image_size=56, patch_size=14, vision_use_head=False),
+                   mm_tokens_per_image=4),
 }
 
 
 def _rope(kind: str, theta: float, **scaling) -> dict:
     return {"rope_parameters": {"rope_type": kind, "rope_theta": theta, **scaling}}
+
+
+def _gemma3_rope(**scaling) -> dict:
+    """Global layers at 1e6 (with the release's scaling), sliding layers at 1e4: Gemma 3's RoPE bases."""
+    full = {"rope_type": "linear" if scaling else "default", "rope_theta": 1_000_000.0, **scaling}
+    return {"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}
 
 
 VARIANTS: dict[str, Variant] = {
@@ -122,6 +158,25 @@ VARIANTS: dict[str, Variant] = {
     "gpt2-untied": Variant("GPT2LMHeadModel", "gpt-2", "float16", tied=False, style="v4", sharded=True, seed=12),
     # as transformers v5 saves GPT-2: no n_ctx, which llama.cpp's converter requires (logits tier only)
     "gpt2-v5": Variant("GPT2LMHeadModel", "gpt-2", "bfloat16", tied=True, seed=13, reference=False),
+    # Mixtral-8x7B-like: SentencePiece, untied, bf16, sharded, one tensor per expert (w1, w2, w3)
+    "mixtral": Variant("MixtralForCausalLM", "llama-spm", "bfloat16", tied=False, style="v4", sharded=True, seed=16,
+                       config=_rope("default", 1000000.0)),
+    # Qwen1.5-MoE-A2.7B-like: q/k/v biases, a shared expert and its sigmoid gate
+    "qwen2moe": Variant("Qwen2MoeForCausalLM", "qwen2", "bfloat16", tied=False, style="v4", seed=17,
+                        config=_rope("default", 1000000.0)),
+    # Qwen3-30B-A3B-like: per-head q/k norms, no shared expert
+    "qwen3moe": Variant("Qwen3MoeForCausalLM", "qwen2", "bfloat16", tied=False, style="v4", seed=18,
+                        config=_rope("default", 1000000.0)),
+    # OLMoE-1B-7B-like: q/k norms over the whole projection, a GPT-NeoX-style byte-level BPE, f32
+    "olmoe": Variant("OlmoeForCausalLM", "gpt-2", "float32", tied=False, style="v4", seed=19,
+                     config=_rope("default", 10000.0)),
+    # Gemma 3: configs and tensor names as published (gemma3_release). gemma-3-1b-it: a complete config
+    "gemma3": Variant("Gemma3ForCausalLM", "llama-spm", "bfloat16", tied=True, style="v4", seed=14,
+                      config=dict(rope_parameters=_gemma3_rope())),
+    # gemma-3-4b-it: config.json states only what differs from the defaults, linear RoPE scaling x8 on the global
+    # layers, language_model.model.* tensors beside the vision tower's, sharded
+    "gemma3-mm": Variant("Gemma3ForConditionalGeneration", "llama-spm", "bfloat16", tied=True, style="v4",
+                         sharded=True, seed=15, config=dict(rope_parameters=_gemma3_rope(factor=8.0))),
 }
 
 V4_VERSION = "4.46.3"  # the transformers_version a v4 folder states
@@ -138,14 +193,16 @@ def redraw(model, variant: Variant) -> None:
             if name.endswith(".bias"):
                 p.normal_(0.0, 0.2, generator=g)
             elif p.ndim == 1:  # norm weights; Gemma stores w and scales by 1 + w
-                shift = 1.0 if variant.model_type in ("gemma", "gemma2") else 0.0
+                gemma = variant.model_type in ("gemma", "gemma2") + GEMMA3 and "vision_tower." not in name
+                shift = 1.0 if gemma else 0.0
                 p.uniform_(0.5 - shift, 1.5 - shift, generator=g)
             elif name.endswith(("embed_tokens.weight", "wte.weight")):  # tied, also the output projection
                 p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
             elif name.endswith("wpe.weight"):
                 p.normal_(0.0, 0.3, generator=g)
             else:
-                fan_in = p.shape[0] if variant.model_type == "gpt2" and name.endswith(CONV1D) else p.shape[1]
+                # [out, in], or [experts, out, in] for transformers 5's fused experts
+                fan_in = p.shape[0] if variant.model_type == "gpt2" and name.endswith(CONV1D) else p.shape[-1]
                 p.normal_(0.0, fan_in ** -0.5, generator=g)
 
 
@@ -176,6 +233,81 @@ def config_v4(config: dict, model_type: str) -> dict:
     return out
 
 
+def gemma3_multimodal(settings: dict) -> dict:
+    """Gemma3ForConditionalGeneration's settings: the language model's go in text_config. As in gemma-3-4b, its
+    embedding has 64 rows more than the tokenizer has tokens (262208 for 262144), the first for the image token."""
+    n_tokens = settings["vocab_size"]
+    text = settings["text_config"] | dict(rope_parameters=settings["rope_parameters"], vocab_size=n_tokens + 64,
+                                          pad_token_id=None)  # Gemma's <pad> is 0; this stand-in tokenizer has none
+    rest = {k: v for k, v in settings.items() if k not in ("vocab_size", "rope_parameters")}
+    return rest | dict(text_config=text, image_token_index=n_tokens)
+
+
+# What Google's config.json files state (transformers 4.50.0.dev0 wrote them): gemma-3-1b-it all of Gemma3TextConfig;
+# gemma-3-4b-it, at the top, only these, and in text_config and vision_config only what differs from the defaults
+GEMMA3_RELEASE_VERSION = "4.50.0.dev0"
+GEMMA3_1B = ("architectures", "attention_bias", "attention_dropout", "attn_logit_softcapping", "bos_token_id",
+             "eos_token_id", "final_logit_softcapping", "head_dim", "hidden_activation", "hidden_size",
+             "initializer_range", "intermediate_size", "max_position_embeddings", "model_type", "num_attention_heads",
+             "num_hidden_layers", "num_key_value_heads", "pad_token_id", "query_pre_attn_scalar", "rms_norm_eps",
+             "sliding_window", "use_cache", "vocab_size")
+GEMMA3_4B = ("architectures", "boi_token_index", "eoi_token_index", "eos_token_id", "image_token_index",
+             "initializer_range", "mm_tokens_per_image", "model_type")
+GEMMA3_4B_TEXT = ("hidden_size", "intermediate_size", "model_type", "num_hidden_layers", "sliding_window",
+                  "vocab_size")  # vocab_size: the fixture's tokenizer is not Gemma's
+GEMMA3_4B_VISION = ("hidden_size", "image_size", "intermediate_size", "model_type", "num_attention_heads",
+                    "num_hidden_layers", "patch_size", "vision_use_head")
+# The release's tensor names. transformers 5.24 saves language_model.model.* too, but vision_tower.* without
+# vision_model. (earlier 5.x releases: model.language_model.*, model.vision_tower.*, model.multi_modal_projector.*)
+GEMMA3_4B_TENSORS = ((r"^(model\.)?language_model\.(model\.)?", "language_model.model."),
+                     (r"^(model\.)?vision_tower\.(vision_model\.)?", "vision_tower.vision_model."),
+                     (r"^(model\.)?multi_modal_projector\.", "multi_modal_projector."))
+
+
+def gemma3_release(folder: Path, config, dtype: str) -> None:
+    """Rewrites a saved Gemma 3 folder as Google's releases are: config.json in their layout (v4 RoPE fields,
+    sliding_window_pattern), and for gemma-3-4b-it the tensor names of its safetensors files."""
+    from safetensors.torch import load_file, save_file
+
+    d = config.to_dict()
+    text = d.get("text_config", d)
+    full, local = text["rope_parameters"]["full_attention"], text["rope_parameters"]["sliding_attention"]
+    scaling = {k: v for k, v in sorted(full.items()) if k != "rope_theta"} if full["rope_type"] != "default" else None
+    if "text_config" in d:
+        out = {k: d[k] for k in GEMMA3_4B} | dict(
+            text_config={k: text[k] for k in GEMMA3_4B_TEXT} | dict(rope_scaling=scaling),
+            vision_config={k: d["vision_config"][k] for k in GEMMA3_4B_VISION})
+        for shard in folder.glob("*.safetensors"):
+            tensors = load_file(shard)
+            save_file({_renamed(k): t for k, t in tensors.items()}, shard, metadata={"format": "pt"})
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            data = json.loads(index.read_text())
+            data["weight_map"] = {_renamed(k): f for k, f in data["weight_map"].items()}
+            index.write_text(json.dumps(data, indent=2) + "\n")
+    else:
+        out = {k: d[k] for k in GEMMA3_1B} | dict(cache_implementation="hybrid", rope_scaling=scaling,
+                                                   rope_local_base_freq=local["rope_theta"],
+                                                   rope_theta=full["rope_theta"], sliding_window_pattern=6)
+    out |= dict(torch_dtype=dtype, transformers_version=GEMMA3_RELEASE_VERSION)
+    (folder / "config.json").write_text(json.dumps(dict(sorted(out.items())), indent=2) + "\n")
+    generation = folder / "generation_config.json"
+    generation.write_text(json.dumps(json.loads(generation.read_text()) | {"cache_implementation": "hybrid",
+                                     "transformers_version": GEMMA3_RELEASE_VERSION}, indent=2) + "\n")
+    if "text_config" in d:  # transformers reads the release's names back, the vision tower's too
+        import transformers
+
+        _, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+        if any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+            raise RuntimeError(f"transformers does not read the renamed tensors back: {info}")
+
+
+def _renamed(name: str) -> str:
+    for pattern, release in GEMMA3_4B_TENSORS:
+        name = re.sub(pattern, release, name)
+    return name
+
+
 def input_ids(variant: Variant, n_vocab: int) -> list[int]:
     return np.random.default_rng(variant.seed).integers(0, n_vocab, SEQUENCE_LENGTH).tolist()
 
@@ -202,6 +334,8 @@ def make_model(variant: str, dest: Path) -> Path:
         n_vocab = write_tokenizer(v.vocab, tmp)
         # the real model's special token ids, which llama.cpp's converter reads from config.json too
         settings = BASE[v.model_type] | v.config | config_json(v.vocab) | dict(vocab_size=n_vocab)
+        if v.model_type == "gemma3":
+            settings = gemma3_multimodal(settings)
         config = transformers.AutoConfig.for_model(v.model_type, tie_word_embeddings=v.tied, **settings)
         config.architectures = [v.arch]
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
@@ -224,6 +358,8 @@ def make_model(variant: str, dest: Path) -> Path:
             if generation.exists():
                 generation.write_text(json.dumps(json.loads(generation.read_text()) | {"transformers_version":
                                                                                        V4_VERSION}, indent=2))
+        if v.model_type in GEMMA3:
+            gemma3_release(tmp, config, v.dtype)
 
         ids = input_ids(v, n_vocab)
         expected = logits_of(model, ids)  # the saved values, in float32

@@ -368,7 +368,9 @@ def code_digest(*names):
 # CONVERTER auto: ours where it supports the architecture, else llama.cpp's convert_hf_to_gguf.py (from the
 # pinned sdist), which runs in an environment built once per machine (rule reference_converter) or, with
 # --sdm conda, in envs/reference-converter.yaml.
-REFERENCE_ENV = f"{OUT}/toolchain/reference-converter-{reference_converter.env_key()}.json"
+REFERENCE_ENV = (
+    f"{OUT}/toolchain/reference-converter-{reference_converter.env_key()}.json"
+)
 CONVERTERS = {
     "hf2gguf": {
         "command": f"python {shlex.quote(script('convert.py'))}",
@@ -386,7 +388,8 @@ _converter_of = {}
 
 def converter_of(model):
     """hf2gguf or llama.cpp, from CONVERTER and the model's config.json: an architecture that neither may
-    convert stops the workflow here, while the job graph is built, before any job runs."""
+    convert stops the workflow here, while the job graph is built, before any job runs.
+    """
     if model not in _converter_of:
         _converter_of[model] = check(
             pipeline.choose_converter, config["CONVERTER"], MODELS, model
@@ -409,10 +412,12 @@ def reference_env(wildcards):
 
 
 def reference_arguments(wildcards, input):
+    """scripts/reference_converter.py's --env (the environment's record) and --log (named in its errors)."""
     if converter_of(wildcards.model) != "llama.cpp":
         return ""
+    log = f"{LOGS}/convert/{wildcards.model}-{wildcards.ftype}.log"
     env = f"--env {shlex.quote(input.env)} " if input.env else ""
-    return env + f"--log {shlex.quote(f'{LOGS}/convert/{wildcards.model}-{wildcards.ftype}.log')}"
+    return f"{env}--log {shlex.quote(log)}"
 
 
 def convert_mem_mb(wildcards):

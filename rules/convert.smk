@@ -17,7 +17,10 @@ rule convert:
     wildcard_constraints:
         ftype="|".join(pipeline.DIRECT_PRECISIONS),
     conda:
-        converter("conda")
+        by_converter(
+            hf2gguf="../envs/converter.yaml",
+            llama_cpp="../envs/reference-converter.yaml",
+        )
     threads: 4
     resources:
         # sized from the model folder (the input is only its fingerprint) and the converter (common.smk)
@@ -25,10 +28,15 @@ rule convert:
         runtime=convert_runtime,
     params:
         converter=lambda w: converter_of(w.model),
-        command=converter("command"),
-        code=converter("code"),
+        script=by_converter(
+            hf2gguf=script("convert.py"), llama_cpp=script("reference_converter.py")
+        ),
+        code=by_converter(
+            hf2gguf=code_digest("convert.py", "hf2gguf"),
+            llama_cpp=code_digest("reference_converter.py", "reference_driver.py"),
+        ),
         folder=lambda w: f"{MODELS}/{w.model}",
         reference=reference_arguments,
     shell:
-        "{params.command} {params.folder:q} -o {output:q} --outtype {wildcards.ftype} --threads {threads}"
+        "python {params.script:q} {params.folder:q} -o {output:q} --outtype {wildcards.ftype} --threads {threads}"
         " --fingerprint {input.fingerprint:q} {params.reference} 2>&1 | tee {log:q}"

@@ -33,11 +33,11 @@ rule reference_converter:
     output:
         REFERENCE_ENV,
     log:
-        f"{LOGS}/toolchain/{os.path.basename(REFERENCE_ENV)}.log",
+        f"{LOGS}/toolchain/reference-converter-{REFERENCE_KEY}.log",
     conda:
         "../envs/toolchain.yaml"
     params:
         script=script("reference_converter.py"),
         python=os.environ.get(reference_converter.ENV_VARIABLE, ""),
     shell:
-        "python {params.script:q} env {output:q} 2>&1 | tee {log:q}"
+        "python {params.script:q} --build-env {output:q} 2>&1 | tee {log:q}"

@@ -270,7 +270,7 @@ def choose_converter(setting: str, models_dir: str, model: str, theirs=None) -> 
     theirs_ok = known is not None and any(n in known for n in names)
     where = f"{models_dir}/{model}/config.json: architecture {', '.join(names)}"
     ours_list = f"our converter supports {', '.join(ours)}"
-    all_theirs = "(all: python scripts/reference_converter.py architectures)"
+    all_theirs = "(all: python scripts/reference_converter.py --architectures)"
     if setting == "hf2gguf":
         if theirs_ok:
             auto = f"CONVERTER: auto (the default) would convert it with {REFERENCE}"

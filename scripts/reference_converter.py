@@ -7,9 +7,9 @@ an environment of its own, built once per machine under $HF2GGUF_CACHE/reference
 REQUIREMENTS, from the package index) and reused by later clones and CI runs. HF2GGUF_REFERENCE_PYTHON names
 an existing interpreter with those packages instead (then nothing is built).
 
-    python scripts/reference_converter.py architectures             # what it converts (no torch needed)
-    python scripts/reference_converter.py env MARKER.json           # build or find the environment
-    python scripts/reference_converter.py convert MODEL -o OUT.gguf --outtype F16 --env MARKER.json
+    python scripts/reference_converter.py --architectures        # what it converts (no torch needed)
+    python scripts/reference_converter.py --build-env [RECORD]   # build or find the environment
+    python scripts/reference_converter.py MODEL -o OUT.gguf --outtype F16 [--env RECORD]   # as scripts/convert.py
 
 Standard library only (and hf2gguf's provenance): the workflow imports it at start-up.
 """
@@ -118,7 +118,7 @@ def _run(cmd: list[str], log_tail: collections.deque | None = None) -> int:
 def _offline_help(folder: Path) -> str:
     return (f"Without network access, either: set {ENV_VARIABLE} to a Python that has "
             f"{', '.join(REQUIREMENTS)} (a CPU build of torch); or build the environment on a machine with network "
-            f"(python scripts/reference_converter.py env) and copy {folder} to the same path here; or run with "
+            f"(python scripts/reference_converter.py --build-env) and copy {folder} to the same path here; or run with "
             "--sdm conda, which makes envs/reference-converter.yaml; or set CONVERTER: hf2gguf in "
             "configurations/converter_args.yaml to skip the models that need it")
 
@@ -186,7 +186,7 @@ def _install(folder: Path, python: Path) -> None:
     check_python(str(python))
 
 
-def write_marker(path: Path) -> None:
+def write_record(path: Path) -> None:
     """The workflow's record of the environment (outputs/toolchain/): which python runs the converter."""
     info = {"python": build_env(), "requirements": REQUIREMENTS, "converter": NAME,
             "source": f"{llama_toolchain.SDIST_NAME}=={llama_toolchain.SDIST_VERSION}",
@@ -197,11 +197,11 @@ def write_marker(path: Path) -> None:
     os.replace(tmp, path)
 
 
-def recorded_python(marker: Path) -> str:
-    python = json.loads(marker.read_text())["python"]
+def recorded_python(record: Path) -> str:
+    python = json.loads(record.read_text())["python"]
     if not os.access(python, os.X_OK):
-        raise ReferenceConverterError(f"{python}, the python recorded in {marker}, is missing (a cleaned cache, or a "
-                                      f"node that does not see it). Delete {marker} to build it again")
+        raise ReferenceConverterError(f"{python}, the python recorded in {record}, is missing (a cleaned cache, or a "
+                                      f"node that does not see it). Delete {record} to build it again")
     return python
 
 
@@ -220,7 +220,8 @@ def convert(model: Path, out: Path, outtype: str, python: str, fingerprint: Path
         spec = {"src": str(src), "kv": kv, "argv": [str(model), "--outtype", outtype.lower(), "--outfile", str(tmp)]}
         start = time.monotonic()
         log(f"{NAME}: {model} -> {out} ({outtype}), with {python}")
-        proc = subprocess.Popen([python, str(Path(__file__).resolve()), "inside", json.dumps(spec)], env=env,
+        driver = Path(__file__).resolve().with_name("reference_driver.py")
+        proc = subprocess.Popen([python, str(driver), json.dumps(spec)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         for line in proc.stdout:
             sys.stderr.write(line)
@@ -251,56 +252,29 @@ def provenance(model: Path, fingerprint: Path | None, outtype: str) -> dict[str,
     return kv
 
 
-def _inside(spec_json: str) -> None:
-    """In the converter's environment: the sdist's convert_hf_to_gguf.main(), with our KV pairs added to the
-    header it writes."""
-    spec = json.loads(spec_json)
-    sys.path[:] = [spec["src"]] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    import gguf
-
-    if not Path(gguf.__file__).resolve().is_relative_to(Path(spec["src"]).resolve()):
-        raise SystemExit(f"error: gguf comes from {gguf.__file__}, not from {spec['src']}/gguf-py")
-    write_header = gguf.GGUFWriter.write_header_to_file
-
-    def with_provenance(self, *args, **kwargs):
-        for key, value in spec["kv"].items():
-            self.add_string(key, value)
-        return write_header(self, *args, **kwargs)
-
-    gguf.GGUFWriter.write_header_to_file = with_provenance
-    import convert_hf_to_gguf
-
-    sys.argv = ["convert_hf_to_gguf.py", *spec["argv"]]
-    convert_hf_to_gguf.main()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("architectures", help="list the architectures it converts")
-    e = sub.add_parser("env", help="build the environment (or find it) and write its record")
-    e.add_argument("marker", type=Path, nargs="?")
-    c = sub.add_parser("convert", help="convert a model folder (the arguments of scripts/convert.py)")
-    c.add_argument("model_dir", type=Path)
-    c.add_argument("-o", "--output", type=Path, required=True)
-    c.add_argument("--outtype", choices=OUTTYPES, required=True)
-    c.add_argument("--fingerprint", type=Path)
-    c.add_argument("--env", type=Path, help="the record written by `env`; default: this interpreter")
-    c.add_argument("--log", help="the log file, named in errors")
-    c.add_argument("--threads", type=int, help="ignored: the converter uses one thread")
-    i = sub.add_parser("inside")
-    i.add_argument("spec")
+    ap.add_argument("model_dir", type=Path, nargs="?", help="the model folder to convert")
+    ap.add_argument("-o", "--output", type=Path, help="the GGUF to write")
+    ap.add_argument("--outtype", choices=OUTTYPES, default="F16")
+    ap.add_argument("--fingerprint", type=Path, help="the workflow's fingerprint of the model folder")
+    ap.add_argument("--env", type=Path, help="the record written by --build-env; default: this interpreter")
+    ap.add_argument("--log", help="the log file, named in errors")
+    ap.add_argument("--threads", type=int, help="ignored: the converter runs on one thread")
+    ap.add_argument("--build-env", nargs="?", const="", metavar="RECORD",
+                    help="build the environment (or find it) and write its record to RECORD")
+    ap.add_argument("--architectures", action="store_true", help="list the architectures it converts")
     a = ap.parse_args(argv)
     try:
-        if a.command == "architectures":
+        if a.architectures:
             print("\n".join(architectures()))
-        elif a.command == "env":
-            write_marker(a.marker) if a.marker else print(build_env())
-        elif a.command == "convert":
+        elif a.build_env is not None:
+            write_record(Path(a.build_env)) if a.build_env else print(build_env())
+        elif a.model_dir and a.output:
             python = recorded_python(a.env) if a.env else sys.executable
             convert(a.model_dir, a.output, a.outtype, python, a.fingerprint, a.log)
         else:
-            _inside(a.spec)
+            ap.error("give a model folder and -o, --build-env or --architectures")
     except ReferenceConverterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -127,6 +127,11 @@ def rules_with_envs() -> dict[str, tuple[str, list[str]]]:
             env = re.search(r'conda:\s*\n\s*"\.\./envs/([\w.-]+)"', block)
             if m and env:
                 found[m.group(1)] = (env.group(1), re.findall(r'script\("([\w/]+\.py)"\)', block))
+            # a rule whose env and script depend on the model's converter: by_converter(hf2gguf=..., llama_cpp=...)
+            for key in ("hf2gguf", "llama_cpp") if m and "conda:\n        by_converter(" in block else ():
+                env = re.search(rf'{key}="\.\./envs/([\w.-]+)"', block).group(1)
+                name = m.group(1) if key == "hf2gguf" else f"{m.group(1)} ({key})"
+                found[name] = (env, re.findall(rf'{key}=script\("([\w/]+\.py)"\)', block))
     return found
 
 

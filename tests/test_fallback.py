@@ -96,7 +96,7 @@ def test_an_architecture_neither_knows_lists_both_in_short(tmp_path):
     assert "models/x/config.json: architecture FalconForCausalLMX is supported neither by our converter nor" in msg
     assert f"our converter supports {', '.join(pipeline.our_architectures())}" in msg
     assert "llama.cpp's converts 5 architectures, the nearest: FalconForCausalLM" in msg
-    assert "python scripts/reference_converter.py architectures" in msg
+    assert "python scripts/reference_converter.py --architectures" in msg
 
 
 def test_a_config_without_architectures_is_named(tmp_path):

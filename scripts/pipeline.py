@@ -5,9 +5,9 @@ work beyond reading a few small files: a no-op rerun must stay fast.
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -219,9 +219,8 @@ def our_architectures() -> tuple[str, ...]:
     tests/test_fallback.py checks them against hf2gguf.architectures.REGISTRY."""
     names = []
     for path in sorted((Path(__file__).resolve().parent / "hf2gguf" / "architectures").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register":
-                names += [ast.literal_eval(arg) for arg in node.args]
+        for args in re.findall(r"^@register\(([^)]*)\)", path.read_text(encoding="utf-8"), re.M):
+            names += re.findall(r"[\"']([^\"']+)[\"']", args)
     return tuple(sorted(names))
 
 

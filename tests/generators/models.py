@@ -49,6 +49,9 @@ class Variant:
     seed: int = 0
     # convert_hf_to_gguf.py (b11312) converts it: not GPT-2 as transformers v5 saves it (it reads n_ctx)
     reference: bool = True
+    # MoE: each layer's experts saved as transformers 5 holds them (experts.gate_up_proj, experts.down_proj),
+    # not one tensor per expert as released (and as save_pretrained writes by default)
+    fused_experts: bool = False
 
     @property
     def model_type(self) -> str:
@@ -167,6 +170,9 @@ VARIANTS: dict[str, Variant] = {
     # Qwen3-30B-A3B-like: per-head q/k norms, no shared expert
     "qwen3moe": Variant("Qwen3MoeForCausalLM", "qwen2", "bfloat16", tied=False, style="v4", seed=18,
                         config=_rope("default", 1000000.0)),
+    # Qwen3-MoE as transformers 5 holds it in memory: experts fused (one checkpoint tensor for gate and up)
+    "qwen3moe-fused": Variant("Qwen3MoeForCausalLM", "qwen2", "bfloat16", tied=True, seed=20, fused_experts=True,
+                              config=_rope("default", 1000000.0)),
     # OLMoE-1B-7B-like: q/k norms over the whole projection, a GPT-NeoX-style byte-level BPE, f32
     "olmoe": Variant("OlmoeForCausalLM", "gpt-2", "float32", tied=False, style="v4", seed=19,
                      config=_rope("default", 10000.0)),
@@ -204,6 +210,26 @@ def redraw(model, variant: Variant) -> None:
                 # [out, in], or [experts, out, in] for transformers 5's fused experts
                 fan_in = p.shape[0] if variant.model_type == "gpt2" and name.endswith(CONV1D) else p.shape[-1]
                 p.normal_(0.0, fan_in ** -0.5, generator=g)
+
+
+def fuse_experts(path: Path) -> None:
+    """Rewrites a one-file checkpoint's per-expert tensors (experts.E.gate_proj/up_proj/down_proj) as the fused
+    experts.gate_up_proj [n, 2 * n_ff, n_embd] and experts.down_proj [n, n_embd, n_ff] of each layer."""
+    import re
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors, experts = load_file(path), {}
+    for name in list(tensors):
+        if m := re.fullmatch(r"(.+\.experts)\.(\d+)\.(\w+)\.weight", name):
+            experts.setdefault(m[1], {})[int(m[2]), m[3]] = tensors.pop(name)
+    for prefix, group in experts.items():
+        n = len(group) // 3
+        tensors[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([group[e, "gate_proj"], group[e, "up_proj"]])
+                                                         for e in range(n)])
+        tensors[f"{prefix}.down_proj"] = torch.stack([group[e, "down_proj"] for e in range(n)])
+    save_file(tensors, path, metadata={"format": "pt"})
 
 
 def config_v4(config: dict, model_type: str) -> dict:
@@ -350,6 +376,8 @@ def make_model(variant: str, dest: Path) -> Path:
             p.data = p.data.float()
         if v.sharded and not (tmp / "model.safetensors.index.json").exists():
             raise RuntimeError(f"{variant}: transformers wrote no shard index")
+        if v.fused_experts:
+            fuse_experts(tmp / "model.safetensors")
         if v.style == "v4":
             config_path = tmp / "config.json"
             config_path.write_text(json.dumps(config_v4(json.loads(config_path.read_text()), v.model_type),

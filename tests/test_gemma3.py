@@ -77,6 +77,34 @@ def test_no_sliding_window_for_pattern_1_and_no_attention_softcapping(tmp_path):
         architecture_for(ModelFolder(gemma3_4b_folder(tmp_path / "capped", attn_logit_softcapping=50.0)))
 
 
+# Gemma 3's metadata as llama.cpp reads it, each changed in a copy of the reference converter's F32 file: the
+# fixtures are sensitive to all of it (the sliding window, the local RoPE base, the global layers' rope scaling)
+CHANGED_KV = {"no_sliding_window": ("gemma3", "gemma3.attention.sliding_window", 4096),
+              "global_rope_base_on_local_layers": ("gemma3", "gemma3.rope.freq_base_swa", 1e6),
+              "no_rope_scaling": ("gemma3-mm", "gemma3.rope.scaling.factor", 1.0)}
+
+
+@pytest.mark.fidelity
+@pytest.mark.reference
+@pytest.mark.slow
+@pytest.mark.parametrize("change", CHANGED_KV)
+def test_each_gemma3_setting_moves_the_logits(change, tmp_path):
+    from reference import ensure_models, ensure_reference
+    from test_logits import GELU_TOLERANCE, max_difference
+
+    variant, key, value = CHANGED_KV[change]
+    changed = shutil.copy(ensure_reference([variant], outtypes=("F32",))[variant, "F32"].path, tmp_path / "x.gguf")
+    reader = gguf.GGUFReader(changed, "r+")
+    field = reader.fields[key]
+    field.parts[field.data[0]][0] = value
+    reader.data.flush()
+    del reader
+    diff = max_difference(changed, ensure_models([variant])[variant])
+    # measured: 5.2 without the window, 2.3 with the global base on local layers, 0.57 without the scaling (one
+    # global layer in six, 24 positions); both converters' files are within 3.4e-3 of transformers
+    assert diff > 50 * GELU_TOLERANCE, f"{change} moved the logits by only {diff:.2e}"
+
+
 MODELS = ("gemma3", "gemma3-mm")
 
 

@@ -55,7 +55,7 @@ class Gemma3(Decoder):
         return self.is_vision(hf_name) or super().skip(hf_name)
 
     def map_name(self, hf_name):
-        # language_model.model.layers.N (the releases) or model.language_model.layers.N (transformers 5)
+        # language_model.model.layers.N (the releases) or model.language_model.layers.N (transformers 5 modules)
         return super().map_name(hf_name.replace("language_model.", "", 1))
 
     def vocab(self, n_vocab):

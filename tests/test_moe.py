@@ -195,3 +195,26 @@ def test_moe_checkpoints_quantize_to_q4_k_m_and_validate(workflow):
         assert r["loaded"] is True and r["file_bytes"] == path.stat().st_size, r
         assert r["tensors_by_type"].get("Q4_K", 0) > 0, r["tensors_by_type"]
         assert 0 < r["kl_divergence"] < 0.5 and r["top1_agreement"] > 0.5, r
+
+
+@pytest.mark.fidelity
+@pytest.mark.reference
+@pytest.mark.slow
+def test_experts_in_string_order_move_the_logits(tmp_path):
+    """The logit comparison catches the bug that numeric order prevents: llama.cpp's own F32 file of the
+    16-expert fixture, with each layer's experts stacked as "0, 1, 10, 11, ..., 2, ..." (the router unchanged)."""
+    from reference import ensure_models, ensure_reference
+    from test_logits import SILU_TOLERANCE, max_difference
+
+    original = ensure_reference(["qwen3moe"], outtypes=("F32",))["qwen3moe", "F32"].path
+    changed = shutil.copy(original, tmp_path / "string-order.gguf")
+    order = sorted(range(16), key=str)
+    reader = gguf.GGUFReader(changed, "r+")
+    stacks = [t for t in reader.tensors if "_exps." in t.name]
+    assert len(stacks) == 6
+    for t in stacks:
+        t.data[:] = np.array(t.data)[order]
+    reader.data.flush()
+    del reader
+    diff = max_difference(changed, ensure_models(["qwen3moe"])["qwen3moe"])
+    assert diff > 100 * SILU_TOLERANCE, f"experts in string order moved the logits by only {diff:.2e}"

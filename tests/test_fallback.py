@@ -361,4 +361,4 @@ def test_the_reference_converters_failure_shows_its_last_lines_and_its_log(workf
     assert f"error: {NAME} failed on models/tiny-gpt2 (exit status 1). Its last lines:" in run.output
     assert "ValueError: Can not map tensor 'h.0.attn.bias'" in run.output
     assert "all of it is in outputs/logs/convert/tiny-gpt2-F16.log" in run.output
-    assert not list((workflow / "outputs/intermediate").iterdir())
+    assert not list(workflow.glob("outputs/intermediate/*")) and not list(workflow.glob("outputs/intermediate/.*"))

@@ -133,7 +133,14 @@ def reference_source() -> Path:
     return llama_toolchain.extract_source(llama_toolchain.cache_root())
 
 
-def reference_python() -> str:
+def reference_python(variant: str | None = None) -> str:
+    """The interpreter llama.cpp's converter runs in: HF2GGUF_REFERENCE_PYTHON or this one; for a variant whose
+    reference_env is "transformers4", the workflow's fallback environment (transformers 4.57.6, as llama.cpp pins
+    it; built once per machine by scripts/reference_converter.py)."""
+    if variant is not None and VARIANTS[variant].reference_env == "transformers4":
+        import reference_converter
+
+        return reference_converter.build_env()
     return os.environ.get("HF2GGUF_REFERENCE_PYTHON") or sys.executable
 
 
@@ -152,12 +159,13 @@ def ensure_reference(names, outtypes=OUTTYPES, log=print) -> dict[tuple[str, str
     """llama.cpp's convert_hf_to_gguf.py on each (variant, outtype), cached beside the fixtures. A failure is
     cached too (its log), as the inputs that caused it are."""
     models = ensure_models(names, log)
-    interpreter = hashlib.sha256(reference_python().encode()).hexdigest()[:8]
+    pythons = {n: reference_python(n) for n in names}
     out: dict[tuple[str, str], ReferenceOutput] = {}
     jobs = []
     root = fixtures_dir()
     with locked(root):
         for n in names:
+            interpreter = hashlib.sha256(pythons[n].encode()).hexdigest()[:8]
             folder = root / f"{n}.reference-{interpreter}"
             for t in outtypes:
                 gguf_path, log_path = folder / f"{t}.gguf", folder / f"{t}.log"
@@ -165,15 +173,16 @@ def ensure_reference(names, outtypes=OUTTYPES, log=print) -> dict[tuple[str, str
                 if not log_path.exists():
                     folder.mkdir(parents=True, exist_ok=True)
                     jobs.append({"model": str(models[n]), "arch": VARIANTS[n].arch, "outtype": t,
-                                 "out": str(gguf_path), "log": str(log_path)})
-        if jobs:
-            log(f"running llama.cpp's convert_hf_to_gguf.py ({len(jobs)} conversions)")
+                                 "out": str(gguf_path), "log": str(log_path), "python": pythons[n]})
+        for python in dict.fromkeys(j["python"] for j in jobs):  # one driver per interpreter
+            group = [j for j in jobs if j["python"] == python]
+            log(f"running llama.cpp's convert_hf_to_gguf.py ({len(group)} conversions)")
             start = time.monotonic()
             src = reference_source()
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-                json.dump({"src": str(src), "jobs": jobs, "parallel": min(2, os.cpu_count() or 1)}, f)
+                json.dump({"src": str(src), "jobs": group, "parallel": min(2, os.cpu_count() or 1)}, f)
             try:
-                proc = subprocess.run([reference_python(), str(Path(__file__).resolve()), "--drive", f.name],
+                proc = subprocess.run([python, str(Path(__file__).resolve()), "--drive", f.name],
                                       capture_output=True, text=True,
                                       env=_quiet_env(PYTHONPATH=str(src / "gguf-py")))
             finally:
@@ -181,6 +190,7 @@ def ensure_reference(names, outtypes=OUTTYPES, log=print) -> dict[tuple[str, str
             if proc.returncode:
                 raise RuntimeError(f"the reference converter's driver failed:\n{proc.stderr[-6000:]}")
             log(f"reference conversions took {time.monotonic() - start:.0f} s")
+        if jobs:
             for n in names:
                 for t in outtypes:
                     p = out[n, t].log.with_suffix(".gguf")

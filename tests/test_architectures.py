@@ -20,6 +20,8 @@ from hf2gguf.source import ModelFolder
 HF_ARCHITECTURES = {"GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                     "Qwen3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM",
                     "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM"}
+HF_ARCHITECTURES |= {"StableLmForCausalLM", "Starcoder2ForCausalLM", "PhiForCausalLM", "GPTNeoXForCausalLM",
+                     "CohereForCausalLM"}
 
 
 def rope_rotate_half(x: np.ndarray, pos: int, theta: float = 10000.0) -> np.ndarray:

@@ -1,3 +1,5 @@
 """One module per architecture. Importing this package registers them all."""
 from . import gemma, gemma2, gemma3, gpt2, llama, mistral, mixtral, olmoe, phi3, qwen2, qwen2moe, qwen3, qwen3moe  # noqa: F401
+from . import cohere, gptneox, phi2, stablelm, starcoder2  # noqa: F401  (LayerNorm decoders)
+from . import glm4, granite, olmo2, smollm3  # noqa: F401  (dense decoders of issue 16)
 from .base import REGISTRY, Architecture, Part, TensorPlan, architecture_for  # noqa: F401

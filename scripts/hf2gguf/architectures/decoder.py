@@ -9,6 +9,12 @@ import gguf
 from ..errors import ConversionError
 from .base import Architecture
 
+# The model_types whose transformers config class fills in head_dim (hidden_size // num_attention_heads) when
+# config.json has none. llama.cpp's converter reads config.json through that class, so it writes key_length and
+# value_length for them anyway (a SmolLM2 config.json has no head_dim). transformers 4.57.6, which llama.cpp pins,
+# fills it for Llama only; 5.x for Mistral too.
+HEAD_DIM_FILLED = ("llama",)
+
 
 class Decoder(Architecture):
     """A `model.layers.N.*` decoder with RMS norms, gated FFN and (optionally grouped) attention."""
@@ -65,10 +71,13 @@ class Decoder(Architecture):
         self.set_rope_scaling_kv(w)
         if self.rope.get("rope_theta") is not None:
             w.add_rope_freq_base(self.rope["rope_theta"])
-        w.add_layer_norm_rms_eps(self.hparam("rms_norm_eps"))
-        if self.hparams.get("head_dim") is not None:
+        self.set_norm_eps_kv(w)
+        if self.hparams.get("head_dim") is not None or self.hparams.get("model_type") in HEAD_DIM_FILLED:
             w.add_key_length(self.head_dim)
             w.add_value_length(self.head_dim)
+
+    def set_norm_eps_kv(self, w: gguf.GGUFWriter) -> None:
+        w.add_layer_norm_rms_eps(self.hparam("rms_norm_eps"))
 
     def set_rope_scaling_kv(self, w: gguf.GGUFWriter) -> None:
         kind, factor = self.rope.get("rope_type"), self.rope.get("factor")

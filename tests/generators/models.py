@@ -52,6 +52,9 @@ class Variant:
     # MoE: each layer's experts saved as transformers 5 holds them (experts.gate_up_proj, experts.down_proj),
     # not one tensor per expert as released (and as save_pretrained writes by default)
     fused_experts: bool = False
+    # the environment llama.cpp's converter runs in: "test" (this one), or "transformers4" (the workflow's fallback
+    # environment, scripts/reference_converter.py: transformers 4.57.6, as llama.cpp pins it)
+    reference_env: str = "test"
 
     @property
     def model_type(self) -> str:
@@ -60,7 +63,7 @@ class Variant:
     @property
     def gelu(self) -> bool:
         """llama.cpp's CPU GELU uses an fp16 table: these models get a looser logit tolerance."""
-        return self.model_type in ("gpt2", "gemma", "gemma2") + GEMMA3
+        return self.model_type in ("gpt2", "gemma", "gemma2") + GEMMA3 + ("starcoder2", "phi", "gpt_neox")
 
 
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
@@ -185,6 +188,101 @@ VARIANTS: dict[str, Variant] = {
                          sharded=True, seed=15, config=dict(rope_parameters=_gemma3_rope(factor=8.0))),
 }
 
+# Dense decoders of issue 16, with the release's config.json fields at tiny size
+MODEL_TYPES |= {"SmolLM3ForCausalLM": "smollm3", "Olmo2ForCausalLM": "olmo2", "GraniteForCausalLM": "granite",
+                "Glm4ForCausalLM": "glm4"}
+BASE |= {
+    # HuggingFaceTB/SmolLM3-3B: 4 layers, as llama.cpp fixes the no-RoPE layers to every 4th
+    "smollm3": _DECODER | dict(num_hidden_layers=4, max_position_embeddings=65536, rms_norm_eps=1e-6,
+                               no_rope_layer_interval=4, use_sliding_window=False, sliding_window=None,
+                               max_window_layers=4, attention_bias=False, mlp_bias=False),
+    # allenai/OLMo-2-0425-1B: as many KV heads as query heads
+    "olmo2": _DECODER | dict(num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                             attention_bias=False, pad_token_id=None),  # GPT-2's vocabulary has no <|pad|>
+    # ibm-granite/granite-3.3-2b-instruct: its multipliers; attention_multiplier is 1 / head_dim there (1/64), here
+    # 1/16, not the 1/sqrt(head_dim) llama.cpp uses without it
+    "granite": _DECODER | dict(max_position_embeddings=131072, rms_norm_eps=1e-5, attention_bias=False,
+                               mlp_bias=False, embedding_multiplier=12.0, residual_multiplier=0.22,
+                               attention_multiplier=0.0625, logits_scaling=8.0),
+    # THUDM/GLM-4-9B-0414: head_dim stated, RoPE on half of each head
+    "glm4": _DECODER | dict(head_dim=16, max_position_embeddings=32768, attention_bias=True,
+                            partial_rotary_factor=0.5),
+}
+VARIANTS |= {
+    "smollm3": Variant("SmolLM3ForCausalLM", "llama-bpe", "bfloat16", tied=True, style="v4", seed=30,
+                       config=_rope("default", 5000000.0)),
+    "olmo2": Variant("Olmo2ForCausalLM", "gpt-2", "float32", tied=False, style="v4", seed=31,
+                     config=_rope("default", 500000.0)),
+    # as transformers 5 saves it: rope_parameters, dtype; sharded
+    "olmo2-v5": Variant("Olmo2ForCausalLM", "gpt-2", "bfloat16", tied=False, sharded=True, seed=32,
+                        config=_rope("default", 500000.0)),
+    "granite": Variant("GraniteForCausalLM", "granite", "bfloat16", tied=True, style="v4", seed=33,
+                       config=_rope("default", 10000000.0)),
+    "glm4": Variant("Glm4ForCausalLM", "glm4", "bfloat16", tied=False, style="v4", sharded=True, seed=34,
+                    config=_rope("default", 10000.0)),
+}
+
+# The LayerNorm decoders of issue 16 (and Phi-4), with the releases' config.json fields at tiny size
+MODEL_TYPES |= {"StableLmForCausalLM": "stablelm", "Starcoder2ForCausalLM": "starcoder2", "PhiForCausalLM": "phi",
+                "GPTNeoXForCausalLM": "gpt_neox", "CohereForCausalLM": "cohere"}
+_LAYERNORM = {k: v for k, v in _DECODER.items() if k != "rms_norm_eps"}
+BASE |= {
+    # stabilityai/stablelm-2-1_6b: Q/K/V biases, RoPE on a quarter of each head, as many KV heads as heads
+    "stablelm": _LAYERNORM | dict(num_key_value_heads=4, max_position_embeddings=4096, layer_norm_eps=1e-5,
+                                  hidden_act="silu", use_qkv_bias=True, qk_layernorm=False,
+                                  use_parallel_residual=False, hidden_dropout=0.0, attention_dropout=0.0),
+    # bigcode/starcoder2-3b: a window longer than the recorded sequence (llama.cpp has none for starcoder2)
+    "starcoder2": _LAYERNORM | dict(max_position_embeddings=16384, norm_epsilon=1e-5, hidden_act="gelu_pytorch_tanh",
+                                    use_bias=True, sliding_window=4096, residual_dropout=0.0, embedding_dropout=0.0),
+    # microsoft/phi-2: the FFN 4 x hidden (llama.cpp's converter writes that), RoPE on 40% of each head
+    "phi": _LAYERNORM | dict(num_key_value_heads=4, intermediate_size=256, max_position_embeddings=2048,
+                             layer_norm_eps=1e-5, hidden_act="gelu_new", qk_layernorm=False, resid_pdrop=0.1,
+                             embd_pdrop=0.0),
+    # EleutherAI/pythia-*: RoPE on a quarter of each head, attention and FFN in parallel
+    "gpt_neox": {k: v for k, v in _LAYERNORM.items() if k != "num_key_value_heads"} | dict(
+        intermediate_size=256, max_position_embeddings=2048, layer_norm_eps=1e-5, hidden_act="gelu",
+        use_parallel_residual=True, attention_bias=True),
+    # CohereForAI/aya-23-8B: grouped-query attention, logit scale 1/8
+    "cohere": _LAYERNORM | dict(max_position_embeddings=8192, layer_norm_eps=1e-5, logit_scale=0.125,
+                                use_qk_norm=False, attention_bias=False),
+}
+VARIANTS |= {
+    # stablelm-2-1_6b (its Arcade100k tokenizer is not among llama.cpp's test vocabularies: GPT-2's stands in)
+    "stablelm2": Variant("StableLmForCausalLM", "gpt-2", "bfloat16", tied=False, style="v4", seed=40,
+                         config=_rope("default", 10000.0, partial_rotary_factor=0.25)),
+    # stablelm-2-12b: per-head Q/K layer norms, attention and FFN in parallel, grouped-query attention, sharded
+    "stablelm2-12b": Variant("StableLmForCausalLM", "gpt-2", "bfloat16", tied=False, style="v4", sharded=True,
+                             seed=41, config=dict(num_key_value_heads=2, use_qkv_bias=False, qk_layernorm=True,
+                                                  use_parallel_residual=True)
+                             | _rope("default", 10000.0, partial_rotary_factor=0.25)),
+    "starcoder2": Variant("Starcoder2ForCausalLM", "starcoder", "bfloat16", tied=True, style="v4", seed=42,
+                          config=_rope("default", 999999.4420358813)),
+    # starcoder2-15b: its own output projection, f32, sharded
+    "starcoder2-untied": Variant("Starcoder2ForCausalLM", "starcoder", "float32", tied=False, style="v4",
+                                 sharded=True, seed=43, config=_rope("default", 100000.0)),
+    # phi-2 (its CodeGen tokenizer is GPT-2's vocabulary): biases everywhere, the output projection's too
+    "phi2": Variant("PhiForCausalLM", "gpt-2", "float16", tied=False, style="v4", seed=44,
+                    config=_rope("default", 10000.0, partial_rotary_factor=0.4)),
+    # microsoft/phi-4: Phi3ForCausalLM with a GPT2Tokenizer (tiktoken's cl100k is not among llama.cpp's test
+    # vocabularies: GPT-2's stands in), no sliding window, RoPE base 250000 and no scaling
+    "phi4": Variant("Phi3ForCausalLM", "gpt-2", "bfloat16", tied=False, style="v4", seed=45,
+                    config=dict(max_position_embeddings=16384, original_max_position_embeddings=16384)
+                    | _rope("default", 250000.0)),
+    # EleutherAI/pythia-160m: config.json as released (rotary_pct, rotary_emb_base), GPT-NeoX-20B's tokenizer.
+    # llama.cpp's converter reads rotary_pct from transformers' config object, which transformers 5 no longer has:
+    # the reference runs with transformers 4 (reference_env)
+    "pythia": Variant("GPTNeoXForCausalLM", "mpt", "float16", tied=False, style="v4", seed=46,
+                      reference_env="transformers4", config=_rope("default", 10000.0, partial_rotary_factor=0.25)),
+    # aya-23-8B: the command-r tokenizer, the embedding as output
+    "cohere": Variant("CohereForCausalLM", "command-r", "float16", tied=True, style="v4", seed=47,
+                      config=_rope("default", 10000.0)),
+    # c4ai-command-r-plus: per-head Q/K norms, which llama.cpp reads only from models of 64 layers or more (the
+    # release has 64), model_max_length beyond max_position_embeddings, sharded
+    "cohere-qk-norm": Variant("CohereForCausalLM", "command-r", "float16", tied=True, style="v4", sharded=True,
+                              seed=48, config=dict(num_hidden_layers=64, use_qk_norm=True, model_max_length=131072,
+                                                   logit_scale=0.8333333333333334) | _rope("default", 75000000.0)),
+}
+
 V4_VERSION = "4.46.3"  # the transformers_version a v4 folder states
 CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")  # GPT-2 stores these [in, out]
 
@@ -198,7 +296,8 @@ def redraw(model, variant: Variant) -> None:
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.normal_(0.0, 0.2, generator=g)
-            elif p.ndim == 1:  # norm weights; Gemma stores w and scales by 1 + w
+            elif p.ndim == 1 or name.endswith(("q_norm.weight", "k_norm.weight")):  # norm weights (Cohere's
+                # per-head ones are [heads, head_dim]); Gemma stores w and scales by 1 + w
                 gemma = variant.model_type in ("gemma", "gemma2") + GEMMA3 and "vision_tower." not in name
                 shift = 1.0 if gemma else 0.0
                 p.uniform_(0.5 - shift, 1.5 - shift, generator=g)
@@ -255,6 +354,9 @@ def config_v4(config: dict, model_type: str) -> dict:
             out[k] = v
     if model_type == "gpt2":
         out.setdefault("n_ctx", out["n_positions"])
+    if model_type == "gpt_neox":  # Pythia's names for these
+        out["rotary_pct"], out["rotary_emb_base"] = out.pop("partial_rotary_factor"), out.pop("rope_theta")
+        del out["rope_scaling"]
     out["transformers_version"] = V4_VERSION
     return out
 
@@ -283,8 +385,9 @@ GEMMA3_4B_TEXT = ("hidden_size", "intermediate_size", "model_type", "num_hidden_
                   "vocab_size")  # vocab_size: the fixture's tokenizer is not Gemma's
 GEMMA3_4B_VISION = ("hidden_size", "image_size", "intermediate_size", "model_type", "num_attention_heads",
                     "num_hidden_layers", "patch_size", "vision_use_head")
-# The release's tensor names. transformers 5.24 saves language_model.model.* too, but vision_tower.* without
-# vision_model. (earlier 5.x releases: model.language_model.*, model.vision_tower.*, model.multi_modal_projector.*)
+# The release's tensor names. transformers 5.24 names its modules model.language_model.*, model.vision_tower.*,
+# model.multi_modal_projector.*, and saves them as language_model.model.* (as released) but vision_tower.* (not
+# vision_tower.vision_model.*) and multi_modal_projector.*
 GEMMA3_4B_TENSORS = ((r"^(model\.)?language_model\.(model\.)?", "language_model.model."),
                      (r"^(model\.)?vision_tower\.(vision_model\.)?", "vision_tower.vision_model."),
                      (r"^(model\.)?multi_modal_projector\.", "multi_modal_projector."))

@@ -30,7 +30,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 def vocab_gguf(name: str) -> Path:
     if name not in SPECS:
         raise KeyError(f"unknown vocabulary {name!r}; known: {', '.join(VOCABS)}")
-    return llama_toolchain.extract_source(llama_toolchain.cache_root()) / "models" / f"ggml-vocab-{name}.gguf"
+    source = SPECS[name].get("source", name)  # a real model's tokenizer made from another's vocabulary
+    return llama_toolchain.extract_source(llama_toolchain.cache_root()) / "models" / f"ggml-vocab-{source}.gguf"
 
 
 def test_strings(name: str) -> list[tuple[str, list[int]]]:
@@ -178,13 +179,106 @@ SPECS = {
                           "model_max_length": 4096},
         config={"bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000}),
 }
+# bigcode/starcoder2-3b (also StarCoder, SmolLM): single digits, then GPT-2's byte-level regex
+SPECS["starcoder"] = dict(
+    kind="bpe", specials_in_vocab=True, normalized=False,
+    normalizer=None,
+    pre_tokenizer={"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                         _byte_level()]},
+    post_processor=_byte_level(False, False), decoder=_byte_level(False, True),
+    model_extra={"continuing_subword_prefix": None, "end_of_word_suffix": None},
+    tokenizer_config={"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                      "unk_token": "<|endoftext|>", "add_prefix_space": False, "clean_up_tokenization_spaces": True,
+                      "model_max_length": 1000000000000000019884624838656, "vocab_size": 49152},
+    config={"bos_token_id": 0, "eos_token_id": 0})
+# EleutherAI/gpt-neox-20b, as Pythia, StableLM 3B 4E1T and MPT ship it (llama.cpp's test vocabulary is MPT's)
+SPECS["mpt"] = dict(
+    kind="bpe", specials_in_vocab=True, normalized=True,
+    normalizer={"type": "NFC"},
+    pre_tokenizer={"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True},
+    post_processor={"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True},
+    decoder={"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True},
+    model_extra={"continuing_subword_prefix": None, "end_of_word_suffix": None},
+    tokenizer_config={"tokenizer_class": "GPTNeoXTokenizer", "bos_token": "<|endoftext|>",
+                      "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "add_prefix_space": False},
+    config={"bos_token_id": 0, "eos_token_id": 0})
+# CohereForAI/c4ai-command-r-v01 (also Aya 23): single digits, then GPT-2's byte-level regex; three named chat
+# templates
+SPECS["command-r"] = dict(
+    kind="bpe", specials_in_vocab=True, normalized=False,
+    normalizer={"type": "NFC"},
+    pre_tokenizer={"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                         _byte_level()]},
+    post_processor=_bos_template("<BOS_TOKEN>", 5), decoder=_byte_level(True, True),
+    model_extra={"continuing_subword_prefix": None, "end_of_word_suffix": None},
+    tokenizer_config={"tokenizer_class": "CohereTokenizer", "bos_token": "<BOS_TOKEN>",
+                      "eos_token": "<|END_OF_TURN_TOKEN|>", "pad_token": "<PAD>", "unk_token": None,
+                      "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+                      "legacy": True, "sp_model_kwargs": {}, "spaces_between_special_tokens": False,
+                      "use_default_system_prompt": False},
+    config={"bos_token_id": 5, "eos_token_id": 255001, "pad_token_id": 0})
+# Tokenizers of real models built from another model's vocabulary ("source"): the same normal tokens and merges,
+# with special tokens renamed ("renamed") or added after the source's ("added"), and embedding rows beyond the
+# tokens ("n_vocab", as the release pads them). Not in VOCABS: llama.cpp's test strings are the source's.
+GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+                 "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                 "<|end_of_video|>"]
+GLM4_TEMPLATE = ("[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+SPECS |= {
+    # ibm-granite/granite-3.3-2b-instruct: StarCoder's vocabulary, token 0 renamed, role and citation tokens added
+    "granite": dict(
+        source="starcoder", kind="bpe", specials_in_vocab=True, normalized=False,
+        renamed={0: "<|end_of_text|>"},
+        added=["<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>", "<|start_of_cite|>", "<|end_of_cite|>",
+               "<|start_of_plugin|>", "<|end_of_plugin|>"],
+        normalizer=None, pre_tokenizer={"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True}, _byte_level()]},
+        post_processor=_byte_level(False, False), decoder=_byte_level(False, True),
+        model_extra={"continuing_subword_prefix": None, "end_of_word_suffix": None},
+        tokenizer_config={"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|end_of_text|>",
+                          "eos_token": "<|end_of_text|>", "unk_token": "<|end_of_text|>",
+                          "pad_token": "<|end_of_text|>", "add_bos_token": False, "add_prefix_space": False,
+                          "clean_up_tokenization_spaces": True, "model_max_length": 9223372036854775807,
+                          "padding_side": "left"},
+        config={"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}),
+    # THUDM/GLM-4-9B-0414 splits with Llama 3's regex; here Llama 3's vocabulary (with its BOS, so that llama.cpp's
+    # converter recognises the pre-tokenizer: llama-bpe) and GLM-4's special tokens after it
+    "glm4": dict(
+        SPECS["llama-bpe"], source="llama-bpe", added=GLM4_SPECIALS, n_vocab=128384, chat_template=GLM4_TEMPLATE,
+        tokenizer_config={"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+                          "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                          "clean_up_tokenization_spaces": False, "do_lower_case": False, "remove_space": False,
+                          "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 128000,
+                          "padding_side": "left"},
+        config={"eos_token_id": [128256, 128263, 128265], "pad_token_id": 128256}),
+}
 
 
 def config_json(name: str) -> dict:
     """The tokenizer-related fields of the real model's config.json (special ids, vocab_size): merge them into a
     fixture's config.json, since llama.cpp's converter reads special ids from there too."""
-    kv = read_kv(vocab_gguf(name))
-    return {**SPECS[name]["config"], "vocab_size": len(kv["tokenizer.ggml.tokens"])}
+    return {**SPECS[name]["config"], "vocab_size": _n_vocab(name, _derived_kv(name))}
+
+
+def _n_vocab(name: str, kv: dict) -> int:
+    return SPECS[name].get("n_vocab", len(kv["tokenizer.ggml.tokens"]))
+
+
+def _derived_kv(name: str) -> dict:
+    """The source vocabulary's KVs with the spec's renamed and added special tokens (and its chat template)."""
+    spec, kv = SPECS[name], read_kv(vocab_gguf(name))
+    if not {"renamed", "added", "chat_template"} & spec.keys():
+        return kv
+    tokens = list(kv["tokenizer.ggml.tokens"])
+    for i, text in spec.get("renamed", {}).items():
+        tokens[i] = text
+    added = spec.get("added", [])
+    kv = kv | {"tokenizer.ggml.tokens": tokens + added,
+               "tokenizer.ggml.token_type": list(kv["tokenizer.ggml.token_type"]) + [CONTROL] * len(added)}
+    if "chat_template" in spec:
+        kv["tokenizer.chat_template"] = spec["chat_template"]
+    return kv
 
 
 def _write_json(path: Path, data) -> None:
@@ -210,6 +304,11 @@ def _write_config_files(dest: Path, spec: dict, kv: dict, added: dict[int, dict]
                                               for i, t in sorted(added.items())}
     if "tokenizer.chat_template" in kv:
         tok_config["chat_template"] = kv["tokenizer.chat_template"]
+    named = {k.removeprefix("tokenizer.chat_template."): v for k, v in kv.items()
+             if k.startswith("tokenizer.chat_template.")}
+    if named:  # a list of named templates, as Command-R's
+        tok_config["chat_template"] = [{"name": "default", "template": tok_config["chat_template"]}] + \
+            [{"name": k, "template": v} for k, v in named.items()]
     _write_json(dest / "tokenizer_config.json", tok_config)
     _write_json(dest / "special_tokens_map.json", _special_tokens_map(spec["tokenizer_config"]))
 
@@ -337,8 +436,8 @@ def write_tokenizer(name: str, dest: Path) -> int:
     the real model sets them and its chat_template, and special_tokens_map.json). Returns the number of tokens
     (the embedding rows a model using it needs)."""
     spec = SPECS[name]
-    kv = read_kv(vocab_gguf(name))
+    kv = _derived_kv(name)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     (_write_bpe if spec["kind"] == "bpe" else _write_spm)(dest, spec, kv)
-    return len(kv["tokenizer.ggml.tokens"])
+    return _n_vocab(name, kv)

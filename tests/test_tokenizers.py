@@ -308,15 +308,6 @@ def test_unknown_pre_tokenizer_type_is_an_error(folders, tmp_path):
         load_vocab(folder, n_vocab, {}, kinds=("gpt2",))
 
 
-def test_smollm_and_starcoder_are_told_apart_by_clean_up_spaces(folders, tmp_path):
-    folder, n_vocab = copy(folders, "gpt-2", tmp_path / "m")
-    edit_json(folder / "tokenizer.json", lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "add_prefix_space": False}]}))
-    assert load_vocab(folder, n_vocab, {}, kinds=("gpt2",)).pre == "starcoder"
-    edit_json(folder / "tokenizer_config.json", lambda d: d.update(clean_up_tokenization_spaces=False))
-    assert load_vocab(folder, n_vocab, {}, kinds=("gpt2",)).pre == "smollm"
-
-
 def test_embedding_rows_without_a_token_become_unused_pads(folders):
     folder, n_vocab = folders["gpt-2"]
     vocab = load_vocab(folder, n_vocab + 3, {}, kinds=("gpt2",))

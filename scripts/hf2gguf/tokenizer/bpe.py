@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import ConversionError
 from ..source import read_json
 from .files import added_tokens, checked_vocab, content, json_if_present, malformed, parse_or_fail
-from .pretokenizers import PRE_TOKENIZERS, SLOW_TOKENIZER_REGEXES, recognise_pre
+from .pretokenizers import SLOW_TOKENIZER_REGEXES, pick, recognise_pre
 from .special import SPECIAL_TYPES, special_vocab
 from .vocab import T, Vocab, check_fits, looks_special, refuse_duplicates, rows
 
@@ -86,7 +86,7 @@ def load_gpt2(folder: Path, n_vocab: int, config: dict) -> Vocab:
 
         vocab, added = parse_or_fail(tok_json_path, parse, tok_json)
         with malformed(tok_json_path):
-            pre = recognise_pre(tok_json.get("pre_tokenizer"), tok_json_path, tc.get("clean_up_tokenization_spaces"))
+            pre = recognise_pre(tok_json.get("pre_tokenizer"), tok_json_path, config, tc)
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         vocab = parse_or_fail(folder / "vocab.json", checked_vocab, read_json(folder / "vocab.json"))
         added = []
@@ -98,7 +98,7 @@ def load_gpt2(folder: Path, n_vocab: int, config: dict) -> Vocab:
             raise ConversionError(folder / "vocab.json", f"comes without tokenizer.json, and its pre-tokenizer "
                                   f"({cls}) cannot be told from vocab.json and merges.txt",
                                   "add the model's tokenizer.json")
-        pre = next(n for n, _ in PRE_TOKENIZERS[SLOW_TOKENIZER_REGEXES[cls]])
+        pre = pick(SLOW_TOKENIZER_REGEXES[cls], config, tc)
     else:
         raise ConversionError(folder, "has no tokenizer (tokenizer.json, or vocab.json with merges.txt)",
                               "download the model's tokenizer files into the folder")

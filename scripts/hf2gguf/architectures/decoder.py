@@ -71,10 +71,13 @@ class Decoder(Architecture):
         self.set_rope_scaling_kv(w)
         if self.rope.get("rope_theta") is not None:
             w.add_rope_freq_base(self.rope["rope_theta"])
-        w.add_layer_norm_rms_eps(self.hparam("rms_norm_eps"))
+        self.set_norm_eps_kv(w)
         if self.hparams.get("head_dim") is not None or self.hparams.get("model_type") in HEAD_DIM_FILLED:
             w.add_key_length(self.head_dim)
             w.add_value_length(self.head_dim)
+
+    def set_norm_eps_kv(self, w: gguf.GGUFWriter) -> None:
+        w.add_layer_norm_rms_eps(self.hparam("rms_norm_eps"))
 
     def set_rope_scaling_kv(self, w: gguf.GGUFWriter) -> None:
         kind, factor = self.rope.get("rope_type"), self.rope.get("factor")

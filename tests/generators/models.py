@@ -247,21 +247,28 @@ BASE |= {
                                 use_qk_norm=False, attention_bias=False),
 }
 VARIANTS |= {
-    # stablelm-2-1_6b (its Arcade100k tokenizer is not among llama.cpp's test vocabularies: GPT-2's stands in)
-    "stablelm2": Variant("StableLmForCausalLM", "gpt-2", "bfloat16", tied=False, style="v4", seed=40,
+    # stabilityai/stablelm-3b-4e1t: GPT-NeoX-20B's tokenizer, no Q/K/V biases
+    "stablelm": Variant("StableLmForCausalLM", "mpt", "bfloat16", tied=False, style="v4", seed=40,
+                        config=dict(use_qkv_bias=False) | _rope("default", 10000.0, partial_rotary_factor=0.25)),
+    # stablelm-2-1_6b: Q/K/V biases (its Arcade100k tokenizer is not among llama.cpp's test vocabularies:
+    # GPT-NeoX-20B's stands in)
+    "stablelm2": Variant("StableLmForCausalLM", "mpt", "float16", tied=False, style="v4", seed=49,
                          config=_rope("default", 10000.0, partial_rotary_factor=0.25)),
-    # stablelm-2-12b: per-head Q/K layer norms, attention and FFN in parallel, grouped-query attention, sharded
-    "stablelm2-12b": Variant("StableLmForCausalLM", "gpt-2", "bfloat16", tied=False, style="v4", sharded=True,
-                             seed=41, config=dict(num_key_value_heads=2, use_qkv_bias=False, qk_layernorm=True,
-                                                  use_parallel_residual=True)
+    # stablelm-2-12b: per-head Q/K layer norms, attention and FFN in parallel, grouped-query attention, sharded.
+    # llama.cpp's converter (b11312) fails on it ("Unprocessed norms": its StableLM modify_tensors returns the
+    # generator that stacks the norms instead of yielding from it): proved against transformers' logits alone
+    "stablelm2-12b": Variant("StableLmForCausalLM", "mpt", "bfloat16", tied=False, style="v4", sharded=True,
+                             seed=41, reference=False,
+                             config=dict(num_key_value_heads=2, use_qkv_bias=False, qk_layernorm=True,
+                                         use_parallel_residual=True)
                              | _rope("default", 10000.0, partial_rotary_factor=0.25)),
     "starcoder2": Variant("Starcoder2ForCausalLM", "starcoder", "bfloat16", tied=True, style="v4", seed=42,
                           config=_rope("default", 999999.4420358813)),
     # starcoder2-15b: its own output projection, f32, sharded
     "starcoder2-untied": Variant("Starcoder2ForCausalLM", "starcoder", "float32", tied=False, style="v4",
                                  sharded=True, seed=43, config=_rope("default", 100000.0)),
-    # phi-2 (its CodeGen tokenizer is GPT-2's vocabulary): biases everywhere, the output projection's too
-    "phi2": Variant("PhiForCausalLM", "gpt-2", "float16", tied=False, style="v4", seed=44,
+    # phi-2: CodeGen's tokenizer, biases everywhere, the output projection's too
+    "phi2": Variant("PhiForCausalLM", "phi-2", "float16", tied=False, style="v4", seed=44,
                     config=_rope("default", 10000.0, partial_rotary_factor=0.4)),
     # microsoft/phi-4: Phi3ForCausalLM with a GPT2Tokenizer (tiktoken's cl100k is not among llama.cpp's test
     # vocabularies: GPT-2's stands in), no sliding window, RoPE base 250000 and no scaling

@@ -218,8 +218,9 @@ SPECS["command-r"] = dict(
                       "use_default_system_prompt": False},
     config={"bos_token_id": 5, "eos_token_id": 255001, "pad_token_id": 0})
 # Tokenizers of real models built from another model's vocabulary ("source"): the same normal tokens and merges,
-# with special tokens renamed ("renamed") or added after the source's ("added"), and embedding rows beyond the
-# tokens ("n_vocab", as the release pads them). Not in VOCABS: llama.cpp's test strings are the source's.
+# with special tokens renamed ("renamed") or added after the source's ("added"; after its first "keep" tokens, where
+# set), and embedding rows beyond the tokens ("n_vocab", as the release pads them). Not in VOCABS: llama.cpp's test
+# strings are the source's.
 GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
                  "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
                  "<|end_of_video|>"]
@@ -242,17 +243,31 @@ SPECS |= {
                           "clean_up_tokenization_spaces": True, "model_max_length": 9223372036854775807,
                           "padding_side": "left"},
         config={"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}),
-    # THUDM/GLM-4-9B-0414 splits with Llama 3's regex; here Llama 3's vocabulary (with its BOS, so that llama.cpp's
-    # converter recognises the pre-tokenizer: llama-bpe) and GLM-4's special tokens after it
+    # THUDM/GLM-4-9B-0414: a byte-level BPE of about 151k tokens, its special tokens right after them, no BOS, and
+    # embedding rows beyond. llama.cpp's converter names the pre-tokenizer by hashing how the vocabulary splits a
+    # text, and without GLM-4's own vocabulary no fixture can give its hash (glm4). Qwen 2's vocabulary (same size,
+    # a split regex that differs from GLM-4's in digits only) gives a known one, qwen2, which the model_type glm4
+    # does not change
     "glm4": dict(
-        SPECS["llama-bpe"], source="llama-bpe", added=GLM4_SPECIALS, n_vocab=128384, chat_template=GLM4_TEMPLATE,
-        tokenizer_config={"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
-                          "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                          "clean_up_tokenization_spaces": False, "do_lower_case": False, "remove_space": False,
+        SPECS["qwen2"], source="qwen2", keep=151643, added=GLM4_SPECIALS, n_vocab=151680,
+        chat_template=GLM4_TEMPLATE,
+        tokenizer_config={"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+                          "pad_token": "<|endoftext|>", "clean_up_tokenization_spaces": False,
+                          "do_lower_case": False, "remove_space": False,
                           "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 128000,
                           "padding_side": "left"},
-        config={"eos_token_id": [128256, 128263, 128265], "pad_token_id": 128256}),
+        config={"eos_token_id": [151643, 151650, 151652], "pad_token_id": 151643}),
 }
+
+
+# microsoft/phi-2: CodeGen's tokenizer, GPT-2's vocabulary and, as added (not special) tokens, runs of 31 to 2 spaces
+# and of 9 to 2 tabs; 51200 embedding rows. llama.cpp's converter recognises it by its hash (phi-2)
+SPECS["phi-2"] = dict(
+    SPECS["gpt-2"], source="gpt-2", added=[" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)],
+    added_type=USER_DEFINED, n_vocab=51200,
+    tokenizer_config={"tokenizer_class": "CodeGenTokenizer", "bos_token": "<|endoftext|>",
+                      "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "add_prefix_space": False,
+                      "clean_up_tokenization_spaces": True, "model_max_length": 2048})
 
 
 def config_json(name: str) -> dict:
@@ -270,12 +285,14 @@ def _derived_kv(name: str) -> dict:
     spec, kv = SPECS[name], read_kv(vocab_gguf(name))
     if not {"renamed", "added", "chat_template"} & spec.keys():
         return kv
-    tokens = list(kv["tokenizer.ggml.tokens"])
+    keep = spec.get("keep", len(kv["tokenizer.ggml.tokens"]))  # the source's tokens up to its special ones
+    tokens = list(kv["tokenizer.ggml.tokens"][:keep])
     for i, text in spec.get("renamed", {}).items():
         tokens[i] = text
     added = spec.get("added", [])
     kv = kv | {"tokenizer.ggml.tokens": tokens + added,
-               "tokenizer.ggml.token_type": list(kv["tokenizer.ggml.token_type"]) + [CONTROL] * len(added)}
+               "tokenizer.ggml.token_type": list(kv["tokenizer.ggml.token_type"][:keep])
+               + [spec.get("added_type", CONTROL)] * len(added)}
     if "chat_template" in spec:
         kv["tokenizer.chat_template"] = spec["chat_template"]
     return kv

@@ -31,6 +31,8 @@ class GPTNeoX(LayerNormDecoder):
         return super().skip(hf_name) or hf_name.endswith((".attention.bias", ".attention.masked_bias"))
 
     def set_kv(self, w):
+        # llama.cpp's converter writes no general.file_type for gptneox (llama.cpp only prints it): neither do we
+        w.add_file_type = lambda ftype: None
         w.add_context_length(self.hparam("max_position_embeddings"))
         w.add_embedding_length(self.n_embd)
         w.add_block_count(self.block_count)

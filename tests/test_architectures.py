@@ -22,6 +22,7 @@ HF_ARCHITECTURES = {"GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM",
                     "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM"}
 HF_ARCHITECTURES |= {"StableLmForCausalLM", "Starcoder2ForCausalLM", "PhiForCausalLM", "GPTNeoXForCausalLM",
                      "CohereForCausalLM"}
+HF_ARCHITECTURES |= {"SmolLM3ForCausalLM", "Olmo2ForCausalLM", "GraniteForCausalLM", "Glm4ForCausalLM"}
 
 
 def rope_rotate_half(x: np.ndarray, pos: int, theta: float = 10000.0) -> np.ndarray:

@@ -128,7 +128,7 @@ def test_both_gemma3_checkpoints_quantize_to_q4_k_m_and_validate(workflow):
         r = json.loads(gguf_path.with_suffix(".json").read_text())
         assert r["loaded"] is True and r["file_bytes"] == gguf_path.stat().st_size, r
         assert r["tensors_by_type"].get("Q4_K", 0) > 0, r["tensors_by_type"]
-        assert 0 < r["kl_divergence"] < 0.5 and r["top1_agreement"] > 0.5, r
+        assert 0 < r["kl_divergence"] < 0.2 and r["top1_agreement"] > 0.3, r  # measured: 0.023-0.025, 0.58-0.62
     logs = {m: (workflow / f"outputs/logs/convert/{m}-BF16.log").read_text() for m in MODELS}
     assert "vision tower" not in logs["gemma3"]
     assert logs["gemma3-mm"].count("leaving out the vision tower and projector (39 tensors)") == 1

@@ -193,7 +193,9 @@ def test_moe_checkpoints_quantize_to_q4_k_m_and_validate(workflow):
         assert len(exps) == 3 * 2 and all(int(t.shape[-1]) == n_expert for t in exps.values())
         r = json.loads(path.with_suffix(".json").read_text())
         assert r["loaded"] is True and r["file_bytes"] == path.stat().st_size, r
-        assert r["tensors_by_type"].get("Q4_K", 0) > 0, r["tensors_by_type"]
+        assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+        # rows of 64 or 32 values do not fit K-quant blocks of 256: llama-quantize falls back to Q5_0/Q5_1/Q8_0
+        assert r["tensors_by_type"]["Q5_0"] > 0 and not {"F16", "BF16"} & set(r["tensors_by_type"]), r
         assert 0 < r["kl_divergence"] < 0.5 and r["top1_agreement"] > 0.5, r
 
 

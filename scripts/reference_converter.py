@@ -231,7 +231,7 @@ def convert(model: Path, out: Path, outtype: str, python: str, fingerprint: Path
         if code or not tmp.exists():
             where = f"; all of it is in {log_path}" if log_path else ""
             raise ReferenceConverterError(f"{NAME} failed on {model} (exit status {code}). Its last lines:\n  "
-                                 + "\n  ".join(tail) + f"\n(nothing was written{where})")
+                                          + "\n  ".join(tail) + f"\n(nothing was written{where})")
         log(f"wrote {out} in {time.monotonic() - start:.1f} s, peak RSS {peak} MiB")
 
 

@@ -19,7 +19,8 @@ from hf2gguf.source import ModelFolder
 
 HF_ARCHITECTURES = {"GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                     "Qwen3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM",
-                    "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM"}
+                    "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM",
+                    "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"}
 HF_ARCHITECTURES |= {"StableLmForCausalLM", "Starcoder2ForCausalLM", "PhiForCausalLM", "GPTNeoXForCausalLM",
                      "CohereForCausalLM"}
 HF_ARCHITECTURES |= {"SmolLM3ForCausalLM", "Olmo2ForCausalLM", "GraniteForCausalLM", "Glm4ForCausalLM"}

@@ -290,6 +290,8 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name:
         raise ConversionError(out, f"unknown output type {outtype!r}", f"use one of auto, {', '.join(OUTTYPES)}")
     qtype = OUTTYPES[outtype]
     plans = arch.plan()
+    for note in arch.notes:
+        log(note)
     embd = next(p for p in plans if p.name == "token_embd.weight")
     vocab = arch.vocab(n_vocab=embd.shape[0])
     types = [tensor_type(p, qtype, log) for p in plans]

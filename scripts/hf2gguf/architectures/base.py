@@ -67,7 +67,8 @@ class Architecture:
 
     def __init__(self, model: ModelFolder):
         self.model = model
-        self.hparams = model.config
+        self.hparams = self.read_config(model.config)
+        self.notes: list[str] = []  # what the converter should tell the user (logged with the conversion)
         self.block_count = self.int_hparam("n_layer", "num_hidden_layers")
         self.name_map = gguf.get_tensor_name_map(self.gguf_arch, self.block_count)
 
@@ -92,6 +93,11 @@ class Architecture:
         return value
 
     # --- per-architecture hooks -------------------------------------------------------------------
+    def read_config(self, config: dict) -> dict:
+        """The hyperparameters, from config.json as it is (a multimodal checkpoint's text model may merge its
+        text_config over it)."""
+        return config
+
     def set_kv(self, w: gguf.GGUFWriter) -> None:
         raise NotImplementedError
 

@@ -6,8 +6,6 @@ file says only the window and the two bases. Rope scaling (linear, factor 8 from
 A conditional-generation checkpoint keeps its language model under `language_model.` and its settings in
 `text_config`, merged over the top level as llama.cpp's converter does. Its vision tower and projector are left
 out (no mmproj file)."""
-import sys
-
 import gguf
 
 from .base import register
@@ -26,14 +24,9 @@ class Gemma3(Decoder):
     gguf_arch = gguf.MODEL_ARCH.GEMMA3
     tokenizer_options = dict(kinds=("sentencepiece",), add_space_prefix=False)
 
-    @property
-    def hparams(self) -> dict:
-        return self._hparams
-
-    @hparams.setter
-    def hparams(self, config: dict) -> None:  # Architecture.__init__ sets config.json
+    def read_config(self, config):
         text = config.get("text_config")
-        self._hparams = config | TEXT_DEFAULTS | text if isinstance(text, dict) else TEXT_DEFAULTS | config
+        return config | TEXT_DEFAULTS | text if isinstance(text, dict) else TEXT_DEFAULTS | config
 
     def __init__(self, model):
         super().__init__(model)
@@ -42,9 +35,9 @@ class Gemma3(Decoder):
 
     def plan(self):
         vision = [n for n in self.model.tensors if self.is_vision(n)]
-        if vision:  # to the convert job's log (the architecture interface has no logger)
-            print(f"leaving out the vision tower and projector ({len(vision)} tensors): no mmproj file is written",
-                  file=sys.stderr, flush=True)
+        if vision:
+            self.notes.append(f"leaving out the vision tower and projector ({len(vision)} tensors): no mmproj file "
+                              "is written")
         return super().plan()
 
     @staticmethod

@@ -91,7 +91,6 @@ def test_phi2_with_an_ffn_other_than_4_x_hidden_is_refused(tmp_path):
 # --- the comparison with transformers catches the loss of each family's own settings -----------------------------
 CHANGED_KV = {  # variant, key, a wrong value
     "stablelm_full_rotary": ("stablelm2", "stablelm.rope.dimension_count", 16),
-    "stablelm_sequential_residual": ("stablelm2-12b", "stablelm.use_parallel_residual", False),
     "phi2_full_rotary": ("phi2", "phi2.rope.dimension_count", 16),
     "gptneox_sequential_residual": ("pythia", "gptneox.use_parallel_residual", False),
     "cohere_logit_scale_of_one": ("cohere", "command-r.logit_scale", 1.0),

@@ -137,6 +137,31 @@ def test_fused_qkv_left_per_head_moves_the_logits(tmp_path):
     assert diff > 50 * tolerance("pythia"), f"per-head Q/K/V moved the logits by only {diff:.2e}"
 
 
+@pytest.mark.fidelity
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["norms_of_one", "heads_reversed"])
+def test_stablelm2_12b_per_head_norms_move_the_logits(change, tmp_path):
+    """llama.cpp's converter fails on StableLM 2 12B checkpoints, so ours is proved against transformers alone:
+    llama.cpp uses the stacked Q/K norms (of one, the logits move), each head's own (heads swapped, they move)."""
+    from reference import ensure_models, our_gguf, read_gguf
+    from test_logits import max_difference, tolerance
+
+    path, error = our_gguf("stablelm2-12b", "F32", tmp_path)
+    assert path is not None, error
+    changed = shutil.copy(path, tmp_path / "x.gguf")
+    g = read_gguf(changed, mode="r+")
+    for t in g.tensors:
+        if t.name.endswith(("attn_q_norm.weight", "attn_k_norm.weight")):
+            a = t.raw.view(np.float32).reshape(t.shape[::-1])
+            a[:] = 1.0 if change == "norms_of_one" else a[::-1].copy()
+    g.data.flush()
+    del g
+    models = ensure_models(["stablelm2-12b"])
+    assert max_difference(path, models["stablelm2-12b"]) <= tolerance("stablelm2-12b")
+    diff = max_difference(changed, models["stablelm2-12b"])
+    assert diff > 50 * tolerance("stablelm2-12b"), f"{change} moved the logits by only {diff:.2e}"
+
+
 MODELS = {"starcoder2": "starcoder2", "phi2": "phi2", "pythia": "gptneox", "cohere": "command-r"}
 
 

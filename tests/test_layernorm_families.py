@@ -39,7 +39,8 @@ def stablelm_folder(folder, n_head=12, drop=None, **config):
         t |= {p + "input_layernorm.weight": (e,), p + "input_layernorm.bias": (e,),
               p + "self_attn.q_proj.weight": (e, e), p + "self_attn.k_proj.weight": (e, e),
               p + "self_attn.v_proj.weight": (e, e), p + "self_attn.o_proj.weight": (e, e),
-              p + "mlp.gate_proj.weight": (ff, e), p + "mlp.up_proj.weight": (ff, e), p + "mlp.down_proj.weight": (e, ff)}
+              p + "mlp.gate_proj.weight": (ff, e), p + "mlp.up_proj.weight": (ff, e),
+              p + "mlp.down_proj.weight": (e, ff)}
         t |= {f"{p}self_attn.{w}_layernorm.norms.{h}.weight": (hd,) for w in "qk" for h in range(n_head)}
     t.pop(drop, None)
     arrays = {k: rng.standard_normal(s).astype(np.float32) for k, s in sorted(t.items())}
@@ -188,5 +189,8 @@ def test_layernorm_checkpoints_quantize_to_q4_k_m_and_validate(workflow):
         assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
         r = json.loads(path.with_suffix(".json").read_text())
         assert r["loaded"] is True and r["file_bytes"] == path.stat().st_size, r
-        assert r["tensors_by_type"].get("Q4_K", 0) > 0, r["tensors_by_type"]
+        # k-quants need rows of 256: only Phi-2's and Pythia's FFN (256 wide) has them; the rest fall back to
+        # llama-quantize's legacy types
+        quantized = {t for t, n in r["tensors_by_type"].items() if n and t not in ("F32", "F16", "BF16")}
+        assert quantized >= ({"Q4_K"} if name in ("phi2", "pythia") else {"Q5_0"}), r["tensors_by_type"]
         assert 0 < r["kl_divergence"] < 0.5 and r["top1_agreement"] > 0.5, r

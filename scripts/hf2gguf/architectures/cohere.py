@@ -11,10 +11,14 @@ from .layernorm import LayerNormDecoder
 class Cohere(LayerNormDecoder):
     gguf_arch = gguf.MODEL_ARCH.COMMAND_R
 
+    def read_config(self, config):
+        # config.json says max_position_embeddings 8192 for a model trained on 128k, model_max_length (Aya 23: none)
+        if config.get("model_max_length") is not None:
+            return config | {"max_position_embeddings": config["model_max_length"]}
+        return config
+
     def __init__(self, model):
         super().__init__(model)
-        self.hparams = dict(self.hparams)  # max_position_embeddings = 8192 in config.json, trained on 128k
-        self.hparams["max_position_embeddings"] = self.hparam("model_max_length", "max_position_embeddings")
         self.logit_scale = self.hparam("logit_scale")
 
     def set_kv(self, w):

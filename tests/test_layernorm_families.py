@@ -28,6 +28,24 @@ def test_fused_qkv_is_reordered_from_per_head_to_per_projection():
     np.testing.assert_array_equal(by_projection(n_head)(bias), expected[:, 0] // e)
 
 
+@pytest.mark.parametrize("arch, v4, dims", [
+    ("GPTNeoXForCausalLM", {"rotary_pct": 0.25, "rotary_emb_base": 10000}, 4),  # Pythia's config.json
+    ("StableLmForCausalLM", {"partial_rotary_factor": 0.25, "rope_theta": 10000.0}, 4),
+    ("PhiForCausalLM", {"partial_rotary_factor": 0.4, "rope_theta": 10000.0}, 6)])  # int(0.4 * 64) // 4
+def test_partial_rotary_from_v4_and_v5_configs(tmp_path, arch, v4, dims):
+    """transformers 5 writes the rotary fraction into rope_parameters; the dimension count is the same."""
+    fraction = v4.get("rotary_pct", v4.get("partial_rotary_factor"))
+    v5 = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": fraction}}
+    for name, style in (("v4", v4), ("v5", v5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({
+            "architectures": [arch], "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "num_hidden_layers": 2, "layer_norm_eps": 1e-5, "max_position_embeddings": 64,
+            "vocab_size": 64} | style))
+        write_safetensors(tmp_path / name / "model.safetensors", {"x": np.zeros(1, np.float32)})
+        assert architecture_for(ModelFolder(tmp_path / name)).rope_dims == dims, name
+
+
 def stablelm_folder(folder, n_head=12, drop=None, **config):
     """A small StableLM 2 12B-shaped folder: per-head Q/K norms (12 heads: "10" sorts before "2" as a string)."""
     rng = np.random.default_rng(0)

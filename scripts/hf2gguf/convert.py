@@ -235,7 +235,8 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
     for key, value in extra_kv.items():
         w.add_string(key, value)
     arch.set_kv(w)
-    w.add_file_type(FILE_TYPES[qtype])
+    if arch.writes_file_type:
+        w.add_file_type(FILE_TYPES[qtype])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.write(w)
     for p, t in zip(plans, types):

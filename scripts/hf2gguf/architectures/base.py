@@ -63,6 +63,7 @@ class Architecture:
     override skip() and modify() for the tensors that need real work."""
 
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
+    writes_file_type: ClassVar[bool] = True  # general.file_type (llama.cpp's converter leaves it out for GPT-NeoX)
     strip_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: ModelFolder):

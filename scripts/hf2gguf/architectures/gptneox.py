@@ -20,6 +20,7 @@ def by_projection(n_head: int):
 @register("GPTNeoXForCausalLM")
 class GPTNeoX(LayerNormDecoder):
     gguf_arch = gguf.MODEL_ARCH.GPTNEOX
+    writes_file_type = False  # as llama.cpp's converter, which only prints it for gptneox
 
     def __init__(self, model):
         super().__init__(model)
@@ -31,8 +32,6 @@ class GPTNeoX(LayerNormDecoder):
         return super().skip(hf_name) or hf_name.endswith((".attention.bias", ".attention.masked_bias"))
 
     def set_kv(self, w):
-        # llama.cpp's converter writes no general.file_type for gptneox (llama.cpp only prints it): neither do we
-        w.add_file_type = lambda ftype: None
         w.add_context_length(self.hparam("max_position_embeddings"))
         w.add_embedding_length(self.n_embd)
         w.add_block_count(self.block_count)

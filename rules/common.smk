@@ -377,7 +377,8 @@ def converter_of(model):
     """hf2gguf or llama.cpp, from CONVERTER and the model's config.json: an architecture that neither may
     convert stops the workflow here, while the job graph is built, before any job runs.
     """
-    if hub_pending(model):  # provisional: the job is made again once the download checkpoint has the folder
+    # provisional for a Hub model not yet downloaded: the job is made again once the download checkpoint is done
+    if hub_pending(model):
         return "hf2gguf"
     if model not in _converter_of:
         _converter_of[model] = check(

@@ -105,18 +105,9 @@ def test_each_granite_multiplier_moves_the_logits(key, tmp_path):
     """On a copy of llama.cpp's own converter's F32 file (which matches transformers, test_logits.py), one
     multiplier set to llama.cpp's neutral value moves the logits far beyond the tolerance: the logit comparison
     proves that each is written, under the key llama.cpp reads."""
-    from reference import ensure_models, ensure_reference
-    from test_logits import SILU_TOLERANCE, max_difference
+    from test_logits import SILU_TOLERANCE, logits_with_kv
 
-    original = ensure_reference(["granite"], outtypes=("F32",))["granite", "F32"].path
-    changed = shutil.copy(original, tmp_path / "neutral.gguf")
-    reader = gguf.GGUFReader(changed, "r+")
-    field = reader.fields[key]
-    assert field.parts[field.data[0]][0] != NEUTRAL[key]
-    field.parts[field.data[0]][0] = NEUTRAL[key]
-    reader.data.flush()
-    del reader
-    diff = max_difference(changed, ensure_models(["granite"])["granite"])
+    diff = logits_with_kv("granite", key, NEUTRAL[key], tmp_path)
     assert diff > 100 * SILU_TOLERANCE, f"{key} at {NEUTRAL[key]} moved the logits by only {diff:.2e}"
 
 

@@ -12,6 +12,7 @@ dropped) prove that the comparison fails for the bugs it is meant to catch.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import llama_cpp  # the reference runtime, built by .ci/run from the pinned sdist
 import numpy as np
@@ -51,6 +52,23 @@ def transformers_logits(folder) -> tuple[list[int], np.ndarray]:
 def max_difference(path, folder) -> float:
     ids, expected = transformers_logits(folder)
     return float(np.abs(llama_cpp_logits(path, ids) - expected).max())
+
+
+def logits_with_kv(variant: str, key: str, value, folder) -> float:
+    """max |Δ| against transformers of llama.cpp's own converter's F32 file of a fixture with one scalar KV set to
+    value: how much the fixture's logits depend on that key (the other tests prove the file as written matches)."""
+    import gguf
+
+    original = ensure_reference([variant], outtypes=("F32",))[variant, "F32"].path
+    changed = shutil.copy(original, Path(folder) / f"{variant}-{key}.gguf")
+    reader = gguf.GGUFReader(changed, "r+")
+    field = reader.fields[key]
+    if field.parts[field.data[0]][0] == value:
+        raise ValueError(f"{variant}: {key} is already {value}")
+    field.parts[field.data[0]][0] = value
+    reader.data.flush()
+    del reader
+    return max_difference(changed, ensure_models([variant])[variant])
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

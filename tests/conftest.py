@@ -56,6 +56,21 @@ def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = 
     return run
 
 
+def build_fixtures(workdir: Path, names, precision: str = "Q4_K_M") -> Run:
+    """Places the fixture checkpoints (tests/generators/models.py) under models/ and builds each one's GPU_LLM_LLAMA
+    output at precision with its validation JSON; each model is converted, quantized and validated once."""
+    from reference import ensure_models
+
+    names = list(names)
+    for name, folder in ensure_models(names, log=print).items():
+        shutil.copytree(folder, workdir / "models" / name, ignore=shutil.ignore_patterns("reference_logits.npz"))
+    run = snakemake(workdir, *[f"outputs/GPU_LLM_LLAMA/{m}-{precision}{suffix}" for m in names
+                               for suffix in (".gguf", ".json")])
+    jobs = run.jobs()
+    assert (jobs["convert"], jobs["quantize"], jobs["validate"]) == (len(names),) * 3, run.output
+    return run
+
+
 @pytest.fixture
 def workflow(tmp_path) -> Path:
     return copy_workflow(tmp_path / "wf")

@@ -5,12 +5,11 @@ vision tower) become Q4_K_M GGUFs that llama.cpp loads and validates."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import gguf
 import numpy as np
 import pytest
-from conftest import snakemake, write_safetensors
+from conftest import write_safetensors
 
 from hf2gguf.architectures import architecture_for
 from hf2gguf.errors import ConversionError
@@ -104,14 +103,9 @@ MODELS = ("gemma3", "gemma3-mm")
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_both_gemma3_checkpoints_quantize_to_q4_k_m_and_validate(workflow):
-    from reference import ensure_models
+    from conftest import build_fixtures
 
-    for name, folder in ensure_models(MODELS, log=print).items():
-        shutil.copytree(folder, workflow / "models" / name, ignore=shutil.ignore_patterns("reference_logits.npz"))
-    targets = [f"outputs/GPU_LLM_LLAMA/{m}-Q4_K_M{suffix}" for m in MODELS for suffix in (".gguf", ".json")]
-    run = snakemake(workflow, *targets)
-    jobs = run.jobs()
-    assert (jobs["convert"], jobs["quantize"], jobs["validate"]) == (2, 2, 2), run.output
+    build_fixtures(workflow, MODELS)
     for name in MODELS:
         gguf_path = workflow / f"outputs/GPU_LLM_LLAMA/{name}-Q4_K_M.gguf"
         reader = gguf.GGUFReader(gguf_path)

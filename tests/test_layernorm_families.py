@@ -10,7 +10,7 @@ import shutil
 import gguf
 import numpy as np
 import pytest
-from conftest import TINY, snakemake, write_safetensors
+from conftest import TINY, write_safetensors
 
 from hf2gguf.architectures import architecture_for
 from hf2gguf.architectures.gptneox import by_projection
@@ -182,14 +182,9 @@ MODELS = {"starcoder2": "starcoder2", "phi2": "phi2", "pythia": "gptneox", "cohe
 def test_layernorm_checkpoints_quantize_to_q4_k_m_and_validate(workflow):
     """A Starcoder2, a Phi-2, a Pythia and an Aya 23-shaped release through the workflow: converted by our
     converter, quantized by llama-quantize, loaded and measured by llama.cpp."""
-    from reference import ensure_models
+    from conftest import build_fixtures
 
-    for name, folder in ensure_models(list(MODELS), log=print).items():
-        shutil.copytree(folder, workflow / "models" / name, ignore=shutil.ignore_patterns("reference_logits.npz"))
-    targets = [f"outputs/GPU_LLM_LLAMA/{m}-Q4_K_M{suffix}" for m in MODELS for suffix in (".gguf", ".json")]
-    run = snakemake(workflow, *targets)
-    jobs = run.jobs()
-    assert (jobs["convert"], jobs["quantize"], jobs["validate"]) == (4, 4, 4), run.output
+    build_fixtures(workflow, MODELS)
     for name, arch in MODELS.items():
         intermediate = "BF16" if name == "starcoder2" else "F16"  # auto: the checkpoint's own type
         log = (workflow / f"outputs/logs/convert/{name}-{intermediate}.log").read_text()

@@ -175,15 +175,9 @@ MODELS = ("mixtral", "qwen3moe")
 def test_moe_checkpoints_quantize_to_q4_k_m_and_validate(workflow):
     """A Mixtral-shaped and a Qwen3-MoE-shaped release through the workflow: converted once, quantized by
     llama-quantize, loaded and measured by llama.cpp."""
-    from conftest import snakemake
-    from reference import ensure_models
+    from conftest import build_fixtures
 
-    for name, folder in ensure_models(MODELS, log=print).items():
-        shutil.copytree(folder, workflow / "models" / name, ignore=shutil.ignore_patterns("reference_logits.npz"))
-    targets = [f"outputs/GPU_LLM_LLAMA/{m}-Q4_K_M{suffix}" for m in MODELS for suffix in (".gguf", ".json")]
-    run = snakemake(workflow, *targets)
-    jobs = run.jobs()
-    assert (jobs["convert"], jobs["quantize"], jobs["validate"]) == (2, 2, 2), run.output
+    build_fixtures(workflow, MODELS)
     for name, arch, n_expert in (("mixtral", "llama", 8), ("qwen3moe", "qwen3moe", 16)):
         path = workflow / f"outputs/GPU_LLM_LLAMA/{name}-Q4_K_M.gguf"
         reader = gguf.GGUFReader(path)

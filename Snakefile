@@ -12,6 +12,7 @@ report: "rules/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/cluster.smk"
 
 
 # The first rule is the default target (not default_target: that would take over a workflow that uses
@@ -28,5 +29,14 @@ include: "rules/quantize.smk"
 include: "rules/validate.smk"
 
 
+onstart:
+    slurm_start()
+
+
 onsuccess:
+    slurm_retries()
     print_summary()
+
+
+onerror:
+    slurm_retries()

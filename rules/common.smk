@@ -410,20 +410,20 @@ def reference_arguments(wildcards, input):
     return f"{env}--log {shlex.quote(log)}"
 
 
-def convert_mem_mb(wildcards):
+def convert_mem_mb(wildcards, attempt):
     """Our converter streams: about 15% of the model (README, Performance). llama.cpp's loads lazily; torch
     and transformers take about 300 MB, and its peak was 664 MiB for a 424 MiB model and 887 MiB for 2.3 GiB
-    (README, Choosing the converter)."""
+    (README, Choosing the converter). A retry (Slurm killed the job for memory or time) asks for more."""
     size = model_size_mb(wildcards)
     if converter_of(wildcards.model) == "llama.cpp":
-        return 1024 + size // 2
-    return 512 + size // 5
+        return (1024 + size // 2) * attempt
+    return (512 + size // 5) * attempt
 
 
-def convert_runtime(wildcards):
+def convert_runtime(wildcards, attempt):
     """Minutes: ours converts at 400 MB/s or more, llama.cpp's at about 80 MB/s after 8 s of start-up
     (README, Performance)."""
     size = model_size_mb(wildcards)
     if converter_of(wildcards.model) == "llama.cpp":
-        return 10 + size // 1500
-    return 10 + size // 6000
+        return (10 + size // 1500) * attempt
+    return (10 + size // 6000) * attempt

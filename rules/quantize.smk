@@ -18,6 +18,8 @@ rule quantize:
     container:
         pair_container
     threads: 2
+    resources:
+        cpus=lambda w, threads: threads,  # sizes group jobs on a cluster (rules/cluster.smk)
     params:
         type=lambda w: pipeline.canonical_precision(w.precision),
         options=quantize_arguments,
@@ -47,6 +49,8 @@ rule quantize_split:
     container:
         pair_container
     threads: 2
+    resources:
+        cpus=lambda w, threads: threads,  # sizes group jobs on a cluster (rules/cluster.smk)
     params:
         type=lambda w: pipeline.canonical_precision(w.precision),
         options=quantize_arguments,
@@ -74,6 +78,8 @@ rule imatrix:
     container:
         DEFAULT_CONTAINER_IMAGE
     threads: 2
+    resources:
+        cpus=lambda w, threads: threads,  # sizes group jobs on a cluster (rules/cluster.smk)
     params:
         text=script("data/calibration.txt"),
         text_sha256=code_digest("data/calibration.txt"),

@@ -68,6 +68,8 @@ rule checksum:
         "quantize"
     conda:
         "../envs/converter.yaml"
+    resources:
+        cpus=1,
     shell:
         "(cd $(dirname {input:q}) && find $(basename {input:q}) -name '*.gguf' | sort | xargs sha256sum)"
         " > {output:q}.tmp 2> {log:q} && mv {output:q}.tmp {output:q}"

@@ -27,9 +27,9 @@ CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 MODEL = "tiny-gpt2"
 CPU, GPU = "CPU_LLM_LLAMA", "GPU_LLM_LLAMA"
 TARGETS = [f"outputs/{CPU}/{MODEL}-Q8_0.gguf.sha256", f"outputs/{GPU}/{MODEL}-Q4_K_M.gguf.sha256"]
-# Fast status checks and one thread per job (the node has 2 CPUs); everything else comes from the profiles.
-FAST = ["--max-threads", "1", "--seconds-between-status-checks", "1",
-        "--slurm-init-seconds-before-status-checks", "2"]
+# Fast status checks; everything else comes from the profiles, as a user runs them. The node has 2 CPUs, fewer
+# than the profile's threads for convert (4) and than a quantize group's sum: the workflow fits them to it.
+FAST = ["--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "2"]
 NO_VALIDATION = ["--config", "VALIDATE=False"]  # last: --config takes every argument after it
 TIMEOUT = 240  # seconds per Snakemake run: a hang (the no-slurmdbd pitfall) fails instead of blocking CI
 
@@ -97,7 +97,7 @@ def run_id(run: Run) -> str:
 
 def sacct(run: Run, expect: int | None = None) -> list[dict]:
     """The run's jobs as Slurm accounted them (slurmdbd receives records a moment after a job ends)."""
-    fields = ["JobID", "Comment", "State", "Partition", "Account", "AllocTRES", "ExitCode"]
+    fields = ["JobID", "Comment", "State", "Partition", "Account", "AllocTRES", "ExitCode", "AllocCPUS", "ReqMem"]
     for _ in range(40):
         proc = subprocess.run(["sacct", "-X", "-n", "-P", "--starttime", "now-1days", "--name", run_id(run),
                                "-o", ",".join(f"{f}%400" for f in fields)], capture_output=True, text=True)
@@ -155,6 +155,9 @@ def test_build_two_pairs_through_slurm(built):
     assert len(group) == 1, comments
     assert all(j["State"] == "COMPLETED" and j["ExitCode"] == "0:0" for j in jobs), jobs
     assert all(j["Partition"] == "debug" for j in jobs), jobs  # the cluster's default partition
+    # No job asked for more than the node has (2 CPUs): convert's 4 threads were capped, and the group job
+    # of two quantize jobs (2 threads each) and their checksums runs them one after the other.
+    assert all(int(j["AllocCPUS"]) <= 2 for j in jobs), jobs
     for target in TARGETS:
         gguf_path = wf / target[: -len(".sha256")]
         assert (wf / target).read_text().split()[0] == sha256(gguf_path)

@@ -30,11 +30,17 @@ def used_partitions():
     """The partitions the run's jobs go to: SBATCH_PARTITION (or the cluster's default) for all jobs, and the
     pairs' SLURM_PARTITION for their validation."""
     names = {os.environ.get("SBATCH_PARTITION") or None}
-    names |= {cfg.get("SLURM_PARTITION") for cfg in PAIRS.values() if cfg.get("SLURM_PARTITION")}
+    names |= {
+        cfg.get("SLURM_PARTITION")
+        for cfg in PAIRS.values()
+        if cfg.get("SLURM_PARTITION")
+    }
     try:
         return [cluster.resolve(PARTITIONS, name) for name in names]
     except cluster.ClusterError as e:
-        raise WorkflowError(f"{e}. Fix SBATCH_PARTITION or the pairs' SLURM_PARTITION") from None
+        raise WorkflowError(
+            f"{e}. Fix SBATCH_PARTITION or the pairs' SLURM_PARTITION"
+        ) from None
 
 
 PARTITIONS = None  # set at start-up (onstart), when the executor is known
@@ -43,7 +49,8 @@ STOPPING = threading.Event()  # set when the run stops: the watchdog then looks 
 
 def slurm_start():
     """onstart: refuse requests that no node can hold, before anything is submitted; make Snakemake stack
-    a group's jobs so that each group job fits one node; start the watchdog and the interrupt handler."""
+    a group's jobs so that each group job fits one node; start the watchdog and the interrupt handler.
+    """
     global PARTITIONS
     PARTITIONS = slurm_partitions()
     if not PARTITIONS:
@@ -61,8 +68,12 @@ def slurm_start():
             cluster.Request(
                 job=f"rule {job.rule.name} ({', '.join(f'{k}={v}' for k, v in job.wildcards_dict.items())})",
                 partition=job.resources.get("slurm_partition") or None,
-                threads=min(job.threads, settings.max_threads),  # as Snakemake will evaluate it
-                mem_mb=mem if isinstance(mem, int) else None,  # unknown until its input is made
+                threads=min(
+                    job.threads, settings.max_threads
+                ),  # as Snakemake will evaluate it
+                mem_mb=(
+                    mem if isinstance(mem, int) else None
+                ),  # unknown until its input is made
                 gpus=gpus if isinstance(gpus, int) else 0,
             )
         )
@@ -79,7 +90,9 @@ def slurm_start():
     for name, value in (("mem_mb", node.mem_mb), ("cpus", node.cpus)):
         given = workflow.global_resources.get(name)
         given = getattr(given, "value", given)
-        workflow.register_resource(name, min(given, value) if isinstance(given, int) else value)
+        workflow.register_resource(
+            name, min(given, value) if isinstance(given, int) else value
+        )
     cluster.Watchdog(os.getcwd(), PARTITIONS, STOPPING).start()
     cluster.Interrupt(os.getcwd(), workflow.persistence.unlock, STOPPING).install()
 

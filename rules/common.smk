@@ -413,7 +413,8 @@ def reference_arguments(wildcards, input):
 def convert_mem_mb(wildcards, attempt):
     """Our converter streams: about 15% of the model (README, Performance). llama.cpp's loads lazily; torch
     and transformers take about 300 MB, and its peak was 664 MiB for a 424 MiB model and 887 MiB for 2.3 GiB
-    (README, Choosing the converter). A retry (Slurm killed the job for memory or time) asks for more."""
+    (README, Choosing the converter). A retry (Slurm killed the job for memory or time) asks for more.
+    """
     size = model_size_mb(wildcards)
     if converter_of(wildcards.model) == "llama.cpp":
         return (1024 + size // 2) * attempt

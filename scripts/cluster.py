@@ -201,11 +201,12 @@ def never_starts(job: QueuedJob) -> bool:
 
 
 def job_label(comment: str) -> str:
-    """The Slurm plugin's comment `rule_<rule>_wildcards_<values>` -> `rule <rule> (<values>)`."""
+    """The Slurm plugin's comment `rule_<rule>_wildcards_<values>` -> `rule <rule> (<values>)`; a group job's,
+    `rule_<its rules>_<group>`, -> `group job <its rules>_<group>`."""
     m = re.match(r"rule_(.+?)_wildcards_(.+)", comment)
     if m:
         return f"rule {m.group(1)} ({m.group(2)})"
-    return comment.replace("rule_", "group job of ", 1) or "a job"
+    return f"group job {comment[len('rule_'):]}" if comment.startswith("rule_") else comment or "a job"
 
 
 def cancel(workdir: str) -> list[str]:

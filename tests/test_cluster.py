@@ -92,7 +92,7 @@ def test_only_the_runs_jobs_and_only_never_starting_reasons():
 
 def test_job_labels():
     assert cluster.job_label("rule_convert_wildcards_tiny-gpt2_F16") == "rule convert (tiny-gpt2_F16)"
-    assert cluster.job_label("rule_quantize_quantize") == "group job of quantize_quantize"
+    assert cluster.job_label("rule_quantize_checksum_quantize") == "group job quantize_checksum_quantize"
 
 
 SACCT = """\

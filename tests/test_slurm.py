@@ -97,7 +97,7 @@ def run_id(run: Run) -> str:
 
 def sacct(run: Run, expect: int | None = None) -> list[dict]:
     """The run's jobs as Slurm accounted them (slurmdbd receives records a moment after a job ends)."""
-    fields = ["JobID", "Comment", "State", "Partition", "Account", "AllocTRES", "ExitCode", "AllocCPUS", "ReqMem"]
+    fields = ["JobID", "Comment", "State", "Partition", "Account", "AllocTRES", "ExitCode", "AllocCPUS", "ReqMem", "ElapsedRaw"]
     for _ in range(40):
         proc = subprocess.run(["sacct", "-X", "-n", "-P", "--starttime", "now-1days", "--name", run_id(run),
                                "-o", ",".join(f"{f}%400" for f in fields)], capture_output=True, text=True)
@@ -242,6 +242,10 @@ def test_failing_job_exits_nonzero_naming_its_log(built):
     assert "Error in rule quantize" in slurm_log.read_text(), slurm_log.read_text()[-3000:]
     rule_log = wf / f"outputs/logs/quantize/{GPU}/{MODEL}-Q4_K_M.log"
     assert str(rule_log.relative_to(wf)) in run.output and rule_log.stat().st_size > 0
-    jobs = sacct(run, expect=1)
-    assert [j["State"] for j in jobs] == ["FAILED"] and jobs[0]["ExitCode"] != "0:0", jobs
+    # profiles/slurm retries a failed job twice, then the run stops and says what each attempt did
+    jobs = sacct(run, expect=3)
+    assert [j["State"] for j in jobs] == ["FAILED"] * 3 and jobs[0]["ExitCode"] != "0:0", jobs
+    assert re.search(r"hf2gguf \(cluster\): group job quantize_checksum_quantize was retried: attempt 1 \(job \d+, "
+                     r"[^)]*\): ended FAILED; attempt 2 .*; attempt 3 \(job \d+, [^)]*\): FAILED", run.output), \
+        run.output[-3000:]  # fmt: skip
     assert not (wf / f"outputs/{GPU}/{MODEL}-Q4_K_M.gguf").exists()  # no partial output left behind

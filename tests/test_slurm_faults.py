@@ -216,6 +216,7 @@ def test_many_models_through_the_shipped_profile(tmp_path):
     submitted = len(re.findall(r"has been submitted with SLURM jobid", run.output))
     jobs = sacct(run, expect=submitted)
     assert all(j["State"] == "COMPLETED" for j in jobs), jobs
+    in_job = sum(int(j["ElapsedRaw"]) for j in jobs) / len(jobs)
     assert 0 < peak <= job_limit, peak
     assert all((wf / t).is_file() for t in targets)
     t1 = time.monotonic()
@@ -223,5 +224,6 @@ def test_many_models_through_the_shipped_profile(tmp_path):
     noop = time.monotonic() - t1
     assert "Nothing to be done" in again.output and "submitted" not in again.output
     print(f"load: {n_models} models x {len(pairs)} pairs = {len(targets)} checksummed GGUFs, {submitted} Slurm "
-          f"jobs, {wall:.0f}s ({wall / submitted:.1f}s per Slurm job), at most {peak} queued at once "
+          f"jobs, {wall:.0f}s ({wall / submitted:.1f}s per Slurm job, {submitted / wall:.2f} jobs/s; each job ran "
+          f"{in_job:.1f}s in Slurm on average), at most {peak} queued at once "
           f"(limit {job_limit}); no-op rerun {noop:.1f}s")  # fmt: skip

@@ -196,7 +196,7 @@ def test_interrupt_cancels_the_runs_jobs_and_exits_within_seconds(wf, sig):
 
 def test_many_models_through_the_shipped_profile(tmp_path):
     """The load case: N tiny models x the 4 shipped pairs, the job limit honoured, and a no-op second run."""
-    n_models, job_limit = int(os.environ.get("HF2GGUF_LOAD_MODELS", "6")), 4
+    n_models, job_limit = int(os.environ.get("HF2GGUF_LOAD_MODELS", "4")), 4
     wf = copy_workflow(tmp_path / "wf")
     names = [f"tiny-{i:02d}" for i in range(n_models)]
     for name in names:

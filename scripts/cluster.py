@@ -221,12 +221,12 @@ def cancel(workdir: str) -> list[str]:
     return ids
 
 
-def cancelled_since(workdir: str, since: float) -> list[tuple[str, str, str]]:
-    """(job id, state, comment) of this directory's jobs started after `since` (a Unix time) and since cancelled,
-    from sacct; [] without accounting."""
+def ended_since(workdir: str, since: float) -> list[tuple[str, str, str]]:
+    """(job id, state, comment) of this directory's jobs started after `since` (a Unix time) that were since
+    cancelled or preempted, from sacct; [] without accounting."""
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
     try:
-        proc = subprocess.run(["sacct", "-X", "-n", "-P", "-s", "CA", "--starttime", start, "--endtime", "now",
+        proc = subprocess.run(["sacct", "-X", "-n", "-P", "-s", "CA,PR", "--starttime", start, "--endtime", "now",
                                "-o", "JobID,State,Comment,WorkDir"], capture_output=True, text=True, timeout=30)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return []
@@ -234,13 +234,30 @@ def cancelled_since(workdir: str, since: float) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2]) for r in rows if len(r) == 4 and os.path.realpath(r[3]) == os.path.realpath(workdir)]
 
 
+def abandoned(ended: list[tuple[str, str, str]], queued_ids: set[str]) -> list[str]:
+    """The jobs that Snakemake's Slurm plugin (2.8.0) would wait on for ever, one message each: sacct's state of
+    a job cancelled outside the workflow reads `CANCELLED by <uid>`, which the plugin does not take for an end
+    state, nor `PREEMPTED` for a job that Slurm did not requeue (it is not queued any more)."""
+    problems = []
+    for jobid, state, comment in ended:
+        if state.startswith("CANCELLED by"):
+            what = f"was cancelled outside the workflow ({state})"
+        elif state.startswith("PREEMPTED") and jobid not in queued_ids:
+            what = "was preempted and not requeued by Slurm"
+        else:
+            continue
+        problems.append(f"error: Slurm job {jobid}, {job_label(comment)}, {what}. Snakemake's Slurm plugin would "
+                        f"wait for it for ever.")  # fmt: skip
+    return problems
+
+
 class Watchdog(threading.Thread):
     """Every `interval` seconds, looks at the run's jobs in Slurm for what Snakemake's Slurm plugin (2.8.0)
     would wait on for ever, and stops the run with a message that says why (SIGINT to this process, which
     cancels the run's other jobs: see Interrupt):
     - a job pending for a reason that never passes (PartitionConfig and the like, NEVER_STARTS);
-    - a job cancelled outside the workflow (scancel by you or an administrator): sacct says `CANCELLED by
-      <uid>`, which the plugin does not recognise as an end state."""
+    - a job cancelled outside the workflow (scancel by you or an administrator), or preempted and not
+      requeued: see `abandoned`."""
 
     def __init__(self, workdir: str, partitions: dict[str, Partition], stopping: threading.Event,
                  interval: float = 5):  # fmt: skip
@@ -256,11 +273,7 @@ class Watchdog(threading.Thread):
             except (ClusterError, OSError, subprocess.TimeoutExpired):
                 continue  # a slow or restarting controller: look again later
             problems = [self.explain(j) for j in jobs if never_starts(j)]
-            for jobid, state, comment in cancelled_since(self.workdir, since):
-                problems.append(
-                    f"error: Slurm job {jobid}, {job_label(comment)}, was cancelled outside the workflow ({state}). "
-                    f"Snakemake's Slurm plugin would wait for it for ever."
-                )  # fmt: skip
+            problems += abandoned(ended_since(self.workdir, since), {j.jobid for j in jobs})
             if problems and not self.stopping.is_set():
                 for line in problems:
                     say(line)

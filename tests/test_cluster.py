@@ -90,6 +90,19 @@ def test_only_the_runs_jobs_and_only_never_starting_reasons():
     assert [j.jobid for j in jobs if cluster.never_starts(j)] == ["101", "106"]  # waiting for a node is not
 
 
+def test_jobs_the_plugin_would_wait_on_for_ever():
+    ended = [("201", "CANCELLED by 0", "rule_convert_wildcards_m_F16"),  # scancel by root
+             ("202", "CANCELLED", "rule_convert_wildcards_m_Q8_0"),  # no "by": the plugin recognises it
+             ("203", "PREEMPTED", "rule_quantize_quantize"),  # not requeued
+             ("204", "PREEMPTED", "rule_validate_wildcards_G_m_Q4_K_M")]  # requeued: queued again  # fmt: skip
+    assert cluster.abandoned(ended, queued_ids={"204"}) == [
+        "error: Slurm job 201, rule convert (m_F16), was cancelled outside the workflow (CANCELLED by 0). "
+        "Snakemake's Slurm plugin would wait for it for ever.",
+        "error: Slurm job 203, group job quantize_quantize, was preempted and not requeued by Slurm. Snakemake's "
+        "Slurm plugin would wait for it for ever.",
+    ]
+
+
 def test_job_labels():
     assert cluster.job_label("rule_convert_wildcards_tiny-gpt2_F16") == "rule convert (tiny-gpt2_F16)"
     assert cluster.job_label("rule_quantize_checksum_quantize") == "group job quantize_checksum_quantize"

@@ -59,24 +59,8 @@ def slurm_start():
     node = min(used_partitions(), key=lambda p: (p.cpus, p.mem_mb))
     settings = workflow.resource_settings
     settings.max_threads = min(settings.max_threads or node.cpus, node.cpus)
-    requests = []
-    for job in workflow.dag.needrun_jobs():
-        if job.is_local:
-            continue
-        mem, gpus = job.resources.get("mem_mb"), job.resources.get("gpu") or 0
-        requests.append(
-            cluster.Request(
-                job=f"rule {job.rule.name} ({', '.join(f'{k}={v}' for k, v in job.wildcards_dict.items())})",
-                partition=job.resources.get("slurm_partition") or None,
-                threads=min(
-                    job.threads, settings.max_threads
-                ),  # as Snakemake will evaluate it
-                mem_mb=(
-                    mem if isinstance(mem, int) else None
-                ),  # unknown until its input is made
-                gpus=gpus if isinstance(gpus, int) else 0,
-            )
-        )
+    jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
+    requests = [cluster.Request.of(job, settings.max_threads) for job in jobs]
     problems = cluster.misfits(requests, PARTITIONS)
     if problems:
         raise WorkflowError(

@@ -78,8 +78,6 @@ rule imatrix:
     container:
         DEFAULT_CONTAINER_IMAGE
     threads: 2
-    resources:
-        cpus=lambda w, threads: threads,  # sizes group jobs on a cluster (rules/cluster.smk)
     params:
         text=script("data/calibration.txt"),
         text_sha256=code_digest("data/calibration.txt"),

@@ -130,8 +130,21 @@ class Request:
     job: str  # the rule and wildcards, as the user reads them
     partition: str | None
     threads: int
-    mem_mb: int | None
+    mem_mb: int | None  # None: not known yet (it grows with an input that is not made yet)
     gpus: int
+
+    @classmethod
+    def of(cls, job, max_threads: int) -> "Request":
+        """What a Snakemake job will ask of Slurm: its threads capped as Snakemake will cap them."""
+        wildcards = ", ".join(f"{k}={v}" for k, v in job.wildcards_dict.items())
+        mem, gpus = job.resources.get("mem_mb"), job.resources.get("gpu") or 0
+        return cls(
+            job=f"rule {job.rule.name} ({wildcards})",
+            partition=job.resources.get("slurm_partition") or None,
+            threads=min(job.threads, max_threads),
+            mem_mb=mem if isinstance(mem, int) else None,
+            gpus=gpus if isinstance(gpus, int) else 0,
+        )
 
 
 def misfits(requests: list[Request], partitions: dict[str, Partition]) -> list[str]:

@@ -74,6 +74,22 @@ def test_misfits_name_the_job_the_partition_and_the_numbers():
     ]
 
 
+def test_request_of_a_snakemake_job():
+    from types import SimpleNamespace
+
+    class Resources(dict):  # Snakemake's job.resources: a mapping, with values TBD until inputs exist
+        pass
+
+    job = SimpleNamespace(rule=SimpleNamespace(name="validate"), threads=4,
+                          wildcards_dict={"pair": "GPU_LLM_LLAMA", "model": "m", "precision": "Q4_K_M"},
+                          resources=Resources(mem_mb="<TBD>", gpu=1, slurm_partition="gpu"))  # fmt: skip
+    assert cluster.Request.of(job, max_threads=2) == cluster.Request(
+        "rule validate (pair=GPU_LLM_LLAMA, model=m, precision=Q4_K_M)", "gpu", 2, None, 1)
+    job.resources = Resources(mem_mb=1536, slurm_partition="")
+    assert cluster.Request.of(job, max_threads=8) == cluster.Request(
+        "rule validate (pair=GPU_LLM_LLAMA, model=m, precision=Q4_K_M)", None, 4, 1536, 0)
+
+
 SQUEUE = """\
 101|PENDING|PartitionConfig|/work/run|rule_convert_wildcards_m_F16|4|512M|debug
 102|PENDING|Resources|/work/run|rule_quantize_quantize|2|1035M|debug

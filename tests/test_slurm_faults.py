@@ -39,17 +39,26 @@ def ours(wf: Path) -> list[str]:
 
 
 def start(wf: Path, *args: str, profiles=("profiles/slurm",), fast=True) -> subprocess.Popen:
+    """Snakemake in the background, its output to a file (a pipe nobody reads while it runs would fill up and
+    block it)."""
     cmd = [sys.executable, "-m", "snakemake", *(a for p in profiles for a in ("--profile", p)),
            *(FAST if fast else ()), *args]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = open(wf.parent / f"snakemake-{time.monotonic_ns()}.out", "w+")
+    proc = subprocess.Popen(cmd, cwd=wf, stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc.output_file = out
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> Run:
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
+        proc.wait()
+    proc.output_file.seek(0)
+    out = proc.output_file.read()
+    proc.output_file.close()
+    if proc.returncode == -signal.SIGKILL:
         pytest.fail(f"snakemake did not finish within {timeout}s:\n{out[-6000:]}")
     return Run(subprocess.CompletedProcess(proc.args, proc.returncode, out, ""))
 

@@ -38,6 +38,11 @@ class ClusterError(Exception):
     """A request that no node of its partition can hold, or a cluster that cannot be asked."""
 
 
+def sacct_time(since: float) -> str:
+    """A Unix time as sacct's --starttime, 5 s early (job start times are whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
+
+
 def say(message: str) -> None:
     print(f"hf2gguf (cluster): {message}", file=sys.stderr, flush=True)
 
@@ -237,10 +242,10 @@ def cancel(workdir: str) -> list[str]:
 def ended_since(workdir: str, since: float) -> list[tuple[str, str, str]]:
     """(job id, state, comment) of this directory's jobs started after `since` (a Unix time) that were since
     cancelled or preempted, from sacct; [] without accounting."""
-    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
     try:
-        proc = subprocess.run(["sacct", "-X", "-n", "-P", "-s", "CA,PR", "--starttime", start, "--endtime", "now",
-                               "-o", "JobID,State,Comment,WorkDir"], capture_output=True, text=True, timeout=30)  # fmt: skip
+        command = ["sacct", "-X", "-n", "-P", "-s", "CA,PR", "--starttime", sacct_time(since), "--endtime", "now",
+                   "-o", "JobID,State,Comment,WorkDir"]  # fmt: skip
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
     rows = [line.split("|") for line in proc.stdout.splitlines()] if proc.returncode == 0 else []
@@ -395,10 +400,9 @@ def retries(rows: list[dict], logs: dict[str, str]) -> list[str]:
 def retried(workdir: str, since: float, slurm_logs: str) -> list[str]:
     """The run's retried jobs (see `retries`), from sacct and the Slurm plugin's logs under `slurm_logs`;
     [] without accounting."""
-    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
     try:
-        proc = subprocess.run(["sacct", "-X", "-n", "-P", "--starttime", start, "-o", ",".join(SACCT_FIELDS)],
-                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        command = ["sacct", "-X", "-n", "-P", "--starttime", sacct_time(since), "-o", ",".join(SACCT_FIELDS)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
     if proc.returncode != 0:

@@ -43,6 +43,11 @@ def sacct_time(since: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
 
 
+def same_dir(path: str, workdir: str) -> bool:
+    """Whether a job's working directory (squeue %Z, sacct WorkDir) is the run's."""
+    return os.path.realpath(path) == os.path.realpath(workdir)
+
+
 def say(message: str) -> None:
     print(f"hf2gguf (cluster): {message}", file=sys.stderr, flush=True)
 
@@ -199,7 +204,7 @@ def parse_squeue(text: str, workdir: str) -> list[QueuedJob]:
     jobs = []
     for line in text.splitlines():
         fields = line.strip().split("|")
-        if len(fields) != 8 or os.path.realpath(fields[3]) != os.path.realpath(workdir):
+        if len(fields) != 8 or not same_dir(fields[3], workdir):
             continue
         jobid, state, reason, _wd, comment, cpus, memory, partition = fields
         jobs.append(QueuedJob(jobid, state, reason, comment, cpus, memory, partition))
@@ -249,7 +254,7 @@ def ended_since(workdir: str, since: float) -> list[tuple[str, str, str]]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     rows = [line.split("|") for line in proc.stdout.splitlines()] if proc.returncode == 0 else []
-    return [(r[0], r[1], r[2]) for r in rows if len(r) == 4 and os.path.realpath(r[3]) == os.path.realpath(workdir)]
+    return [(r[0], r[1], r[2]) for r in rows if len(r) == 4 and same_dir(r[3], workdir)]
 
 
 def abandoned(ended: list[tuple[str, str, str]], queued_ids: set[str]) -> list[str]:
@@ -358,7 +363,7 @@ def parse_sacct(text: str, workdir: str) -> list[dict]:
         values = line.split("|")
         if len(values) == len(SACCT_FIELDS):
             row = dict(zip(SACCT_FIELDS, values))
-            if row["JobID"].isdigit() and os.path.realpath(row["WorkDir"]) == os.path.realpath(workdir):
+            if row["JobID"].isdigit() and same_dir(row["WorkDir"], workdir):
                 rows.append(row)
     return sorted(rows, key=lambda r: int(r["JobID"]))
 
@@ -407,10 +412,12 @@ def retried(workdir: str, since: float, slurm_logs: str) -> list[str]:
         return []
     if proc.returncode != 0:
         return []
-    logs = {}
+    rows = parse_sacct(proc.stdout, workdir)
+    ids = {row["JobID"] for row in rows}
+    logs = {}  # only this run's jobs' logs (the folder keeps failed jobs' logs of earlier runs too)
     for root, _dirs, files in os.walk(slurm_logs):
         for name in files:
-            if name.endswith(".log"):
+            if name.endswith(".log") and name[: -len(".log")] in ids:
                 with open(os.path.join(root, name), errors="replace") as f:
                     logs[name[: -len(".log")]] = f.read()
-    return retries(parse_sacct(proc.stdout, workdir), logs)
+    return retries(rows, logs)

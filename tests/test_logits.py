@@ -26,6 +26,8 @@ GELU_TOLERANCE = 5e-3
 
 
 def tolerance(variant: str) -> float:
+    if VARIANTS[variant].tolerance is not None:
+        return VARIANTS[variant].tolerance
     return GELU_TOLERANCE if VARIANTS[variant].gelu else SILU_TOLERANCE
 
 

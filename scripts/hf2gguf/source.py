@@ -138,13 +138,10 @@ class ModelFolder:
     def row_bytes(self, name: str) -> int:
         return self.tensors[name].nbytes // max(1, self.rows(name))
 
-    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows start:stop of the tensor (rows of its last axis), read into a new array (not memory-mapped:
-        mapped pages would count in the process's resident memory): the whole tensor in its own shape, or a
-        matrix of the rows. BF16 comes back as its uint16 bits."""
-        self.check_dtype(name)
+    def read_bytes(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows start:stop of the tensor as their bytes, uint8 [rows, row bytes], whatever its dtype (a
+        pre-quantized tensor's packed codes and scales, which are moved, never read as numbers)."""
         t = self.tensors[name]
-        whole = start == 0 and stop is None
         stop = self.rows(name) if stop is None else stop
         row = self.row_bytes(name)
         buf = np.empty((stop - start) * row, dtype=np.uint8)
@@ -154,5 +151,13 @@ class ModelFolder:
             if n <= 0:
                 raise ConversionError(t.shard, f"ended while reading tensor {name!r}", "re-download it")
             view, pos = view[n:], pos + n
-        data = buf.view(DTYPES[t.dtype])
-        return data.reshape(t.shape if whole else (stop - start, t.shape[-1]))
+        return buf.reshape(stop - start, row)
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows start:stop of the tensor (rows of its last axis), read into a new array (not memory-mapped:
+        mapped pages would count in the process's resident memory): the whole tensor in its own shape, or a
+        matrix of the rows. BF16 comes back as its uint16 bits."""
+        self.check_dtype(name)
+        t = self.tensors[name]
+        data = self.read_bytes(name, start, stop).view(DTYPES[t.dtype])
+        return data.reshape(t.shape if start == 0 and stop is None else (-1, t.shape[-1]))

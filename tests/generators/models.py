@@ -295,9 +295,14 @@ VARIANTS |= {
 
 # Families with a generator module of their own (tests/generators/<family>.py): each holds MODEL_TYPES, BASE and
 # VARIANTS (keyword arguments of Variant) as above, and may hold release(folder, config, variant), which rewrites
-# the saved folder as the real release is laid out (run before the v4 config rewrite)
+# the saved folder as the real release is laid out (run before the v4 config rewrite), and release_values(model,
+# variant), which sets the model's values to those the release's storage holds exactly (run before the model is saved
+# and its logits recorded: gpt-oss's MXFP4 experts), and read_back(variant), from_pretrained's keyword arguments for
+# reading the saved folder back (gpt-oss's MXFP4 one on a CPU: dequantize)
 FAMILIES = ("deepseek", "gptoss", "llama4")
 RELEASE = {}
+RELEASE_VALUES = {}
+READ_BACK = {}
 
 
 def _add_families() -> None:
@@ -310,6 +315,10 @@ def _add_families() -> None:
         VARIANTS.update({k: Variant(**kw) for k, kw in family.VARIANTS.items()})
         if hasattr(family, "release"):
             RELEASE.update({k: family.release for k in family.VARIANTS})
+        if hasattr(family, "release_values"):
+            RELEASE_VALUES.update({k: family.release_values for k in family.VARIANTS})
+        if hasattr(family, "read_back"):
+            READ_BACK.update({k: family.read_back for k in family.VARIANTS})
 
 
 _add_families()
@@ -340,6 +349,9 @@ def redraw(model, variant: Variant) -> None:
                 # [out, in], or [experts, out, in] for transformers 5's fused experts
                 fan_in = p.shape[0] if variant.model_type == "gpt2" and name.endswith(CONV1D) else p.shape[-1]
                 p.normal_(0.0, fan_in ** -0.5, generator=g)
+        for name, b in model.named_buffers():  # learned values that transformers holds as buffers
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's expert-bias correction of the routing
+                b.normal_(0.0, 0.2, generator=g)
 
 
 def fuse_experts(path: Path) -> None:
@@ -501,6 +513,8 @@ def make_model(variant: str, dest: Path) -> Path:
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
                                                               dtype=torch.float32)
         redraw(model, v)
+        if variant in RELEASE_VALUES:
+            RELEASE_VALUES[variant](model, v)
         model.eval()
         for p in model.parameters():  # the stored dtype; buffers (RoPE frequencies) stay float32, as on loading
             p.data = p.data.to(getattr(torch, v.dtype))
@@ -527,8 +541,9 @@ def make_model(variant: str, dest: Path) -> Path:
 
         ids = input_ids(v, n_vocab)
         expected = logits_of(model, ids)  # the saved values, in float32
-        saved = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
-                                                                  attn_implementation="eager").eval()
+        saved = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp, dtype=torch.float32, attn_implementation="eager",
+            **(READ_BACK[variant](v) if variant in READ_BACK else {})).eval()
         logits = logits_of(saved, ids)
         # transformers reads the folder back as the model it saved (a v4 config rewrite loses nothing)
         drift = float(np.abs(logits - expected).max())

@@ -36,10 +36,24 @@ class Part:
     # tensor in its own shape, or the part's rows as a matrix. The converter may apply it after the type
     # conversion, so it must not change values.
     transform: Callable[[np.ndarray], np.ndarray] | None = None
+    # Columns start:stop of each row, or start:stop:step (None: all of them), taken before the transform: one
+    # half of a fused [in, out] tensor, such as Llama 4's experts.gate_up_proj [n_expert, n_embd, 2 * n_ff] (or
+    # gpt-oss's, whose gate and up columns alternate)
+    columns: tuple[int, ...] | None = None
 
     @property
     def whole(self) -> bool:
-        return self.start == 0 and self.stop is None
+        return self.start == 0 and self.stop is None and self.columns is None
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A tensor whose checkpoint bytes already are a GGML block type (gpt-oss's MXFP4 experts): written as they
+    are, whatever the output type, with no float round trip. read(start, stop) gives rows start:stop of the GGUF
+    tensor (rows of its last axis) as their bytes, uint8 [stop - start, row bytes]: a move of bytes only."""
+    qtype: gguf.GGMLQuantizationType
+    tensors: tuple[str, ...]  # the checkpoint tensors it is made from
+    read: Callable[[int, int], np.ndarray]
 
 
 @dataclass
@@ -51,10 +65,13 @@ class TensorPlan:
     # converter holds them: F16 and F32 as stored, BF16 widened to F32.
     values: Callable[[np.ndarray], np.ndarray] | None = None
     data: np.ndarray | None = None  # float32 values of a tensor that the checkpoint does not hold
+    raw: Raw | None = None  # bytes already in a GGML block type (no parts)
 
     @property
     def source(self) -> str | None:
         """The checkpoint tensor it is made from (the first, for a tensor of several parts)."""
+        if self.raw:
+            return self.raw.tensors[0]
         return self.parts[0].tensor if self.parts else None
 
 
@@ -116,6 +133,10 @@ class Architecture:
     def values(self, gguf_name: str, hf_name: str) -> Callable[[np.ndarray], np.ndarray] | None:
         """A change of the tensor's values (see TensorPlan.values), or None."""
         return None
+
+    def file_type(self, default: gguf.LlamaFileType) -> gguf.LlamaFileType:
+        """general.file_type, given the one of the output type (gpt-oss's MXFP4 release says MXFP4_MOE)."""
+        return default
 
     def extra_tensors(self) -> dict[str, np.ndarray]:
         """GGUF name -> float32 values of tensors computed from config.json (llama3's rope_freqs)."""

@@ -92,33 +92,48 @@ def extra_arguments(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def tensor_types(path: Path) -> dict[str, str]:
-    """{type name: the first tensor of that type} of a GGUF."""
+# Block types a release stores and the intermediate keeps as they are (gpt-oss's MXFP4 experts, which llama.cpp's
+# converter never dequantizes either): llama-quantize is told to keep them, and quantizes everything else
+KEPT_AS_RELEASED = {"MXFP4": re.compile(r"blk\.\d+\.ffn_(gate|up|down)_exps\.weight")}
+
+
+def tensor_types(path: Path) -> dict[str, list[str]]:
+    """{type name: the tensors of that type} of a GGUF."""
     import gguf
 
-    types: dict[str, str] = {}
+    types: dict[str, list[str]] = {}
     for t in gguf.GGUFReader(path).tensors:
-        types.setdefault(t.tensor_type.name, t.name)
+        types.setdefault(t.tensor_type.name, []).append(t.name)
     return types
 
 
-def check_not_quantized(src: Path) -> None:
-    """Refuses an input that is already quantized: llama-quantize would need --allow-requantize. A file that
-    gguf cannot read (not a GGUF, or a type newer than the gguf package) is left to llama-quantize, which
-    says what is wrong with it and refuses to requantize too."""
+def check_not_quantized(src: Path) -> list[str]:
+    """Refuses an input that is already quantized: llama-quantize would need --allow-requantize. The exception
+    is a release's own block type (KEPT_AS_RELEASED): the llama-quantize options that keep those tensors as they
+    are come back. A file that gguf cannot read (not a GGUF, or a type newer than the gguf package) is left to
+    llama-quantize, which says what is wrong with it and refuses to requantize too."""
     try:
         types = tensor_types(src)
     except (ValueError, KeyError, IndexError, OSError) as e:
         print(f"note: could not list the tensor types of {src} ({e}); llama-quantize checks it", file=sys.stderr)
-        return
+        return []
+    keep = []
+    for qtype, names in list(types.items()):
+        pattern = KEPT_AS_RELEASED.get(qtype)
+        if pattern and all(pattern.fullmatch(n) for n in names):
+            print(f"note: keeping the release's {qtype} tensors as they are ({len(names)}, e.g. {names[0]})",
+                  file=sys.stderr)
+            kinds = sorted({n.split(".")[2] for n in names})
+            keep += [a for k in kinds for a in ("--tensor-type", f"{k}={qtype.lower()}")]
+            del types[qtype]
     quantized = {k: v for k, v in types.items() if k not in FULL_PRECISION}
     if quantized:
-        found = ", ".join(f"{name} is {qtype}" for qtype, name in sorted(quantized.items()))
+        found = ", ".join(f"{names[0]} is {qtype}" for qtype, names in sorted(quantized.items()))
         raise SystemExit(
             f"error: {src} is already quantized ({found}). The workflow quantizes only from a full-precision "
             f"({', '.join(FULL_PRECISION)}) intermediate, never requantizes (llama-quantize --allow-requantize "
-            f"compounds the loss). If you placed this file there yourself, delete {src} and the workflow "
-            "converts it again from the model folder.")
+            f"compounds the loss). Delete {src} and the workflow converts it again from the model folder.")
+    return keep
 
 
 def run_llama_quantize(cmd: list[str]) -> tuple[int, list[str]]:
@@ -135,7 +150,7 @@ def run_llama_quantize(cmd: list[str]) -> tuple[int, list[str]]:
 def llama_quantize(tool: str, src: Path, dest: Path, qtype: str, threads: int, options: list[str],
                    out: Path) -> None:
     """Writes dest (not atomically: the callers rename it) with llama-quantize; out is named in errors."""
-    check_not_quantized(src)
+    options = [*check_not_quantized(src), *options]
     build = installed_build(tool)
     kv = [f"hf2gguf.precision=str:{qtype}"]
     if build:

@@ -224,8 +224,7 @@ def our_architectures() -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def model_architectures(models_dir: str, model: str) -> list[str]:
-    """config.json's architectures, then those of its text_config (where llama.cpp's converter looks too)."""
+def model_config(models_dir: str, model: str) -> dict:
     path = Path(models_dir) / model / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -234,12 +233,35 @@ def model_architectures(models_dir: str, model: str) -> list[str]:
                           "architectures") from None
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: unreadable ({e}). Download it again") from None
-    names = config.get("architectures") if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def model_architectures(models_dir: str, model: str) -> list[str]:
+    """config.json's architectures, then those of its text_config (where llama.cpp's converter looks too)."""
+    config = model_config(models_dir, model)
+    names = config.get("architectures")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"{path}: has no \"architectures\" list. Add the one of the model, e.g. "
-                          f"\"architectures\": [\"{our_architectures()[0]}\"]")
+        raise ConfigError(f"{Path(models_dir) / model / 'config.json'}: has no \"architectures\" list. Add the one of "
+                          f"the model, e.g. \"architectures\": [\"{our_architectures()[0]}\"]")
     text = (config.get("text_config") or {}).get("architectures") or []
     return names + [n for n in text if isinstance(n, str)]
+
+
+# quantization_config.quant_method of pre-quantized releases: the one our converter reads (gpt-oss's MXFP4
+# experts, kept as they are), and those llama.cpp's converter (b11312) dequantizes in dequant_model (DeepSeek-V3's
+# FP8 blocks among them)
+OUR_QUANT_METHODS = ("mxfp4",)
+THEIR_QUANT_METHODS = ("bitnet", "compressed-tensors", "fp8", "gptq", "modelopt", "mxfp4")
+
+
+def quant_method(models_dir: str, model: str) -> str | None:
+    """The quant_method of config.json's quantization_config (or its text_config's), if any."""
+    config = model_config(models_dir, model)
+    for c in (config, config.get("text_config") or {}):
+        q = c.get("quantization_config") if isinstance(c, dict) else None
+        if isinstance(q, dict) and q.get("quant_method"):
+            return str(q["quant_method"])
+    return None
 
 
 def _nearest(name: str, known) -> str:
@@ -255,8 +277,20 @@ def choose_converter(setting: str, models_dir: str, model: str, theirs=None) -> 
     because it reads the sdist. An architecture that the chosen converter(s) do not know is a ConfigError."""
     names = model_architectures(models_dir, model)
     ours = our_architectures()
+    method = quant_method(models_dir, model)
+    where = f"{models_dir}/{model}/config.json"
+    if method is not None and method not in OUR_QUANT_METHODS + THEIR_QUANT_METHODS:
+        raise ConfigError(f"{where}: its weights are pre-quantized ({method}, quantization_config), which neither "
+                          f"our converter nor {REFERENCE} reads. Use the model's unquantized (bf16/f16) release")
     if setting != "llama.cpp" and any(n in ours for n in names):
-        return "hf2gguf"
+        if method is None or method in OUR_QUANT_METHODS:
+            return "hf2gguf"
+        if setting == "hf2gguf":
+            raise ConfigError(f"{where}: its weights are pre-quantized ({method}, quantization_config), which our "
+                              f"converter does not read, and CONVERTER is hf2gguf in converter_args.yaml. "
+                              f"CONVERTER: auto (the default) converts it with {REFERENCE}, which dequantizes them; "
+                              "or use the model's unquantized (bf16) release")
+        return "llama.cpp"  # auto: theirs dequantizes what ours does not read (it knows every architecture of ours)
     if theirs is None:
         from reference_converter import architectures as theirs
     try:
@@ -267,7 +301,7 @@ def choose_converter(setting: str, models_dir: str, model: str, theirs=None) -> 
                               f"architectures could not be read: {e}") from None
         known = None
     theirs_ok = known is not None and any(n in known for n in names)
-    where = f"{models_dir}/{model}/config.json: architecture {', '.join(names)}"
+    where = f"{where}: architecture {', '.join(names)}"
     ours_list = f"our converter supports {', '.join(ours)}"
     all_theirs = "(all: python scripts/reference_converter.py --architectures)"
     if setting == "hf2gguf":

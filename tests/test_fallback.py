@@ -99,6 +99,37 @@ def test_an_architecture_neither_knows_lists_both_in_short(tmp_path):
     assert "python scripts/reference_converter.py --architectures" in msg
 
 
+def quantized(tmp_path, arch, method, name="q"):
+    models, model = model_with(tmp_path, arch, name=name)
+    path = Path(models) / model / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"quantization_config": {"quant_method": method}}))
+    return models, model
+
+
+def test_pre_quantized_weights_go_to_the_converter_that_reads_them(tmp_path):
+    """DeepSeek-V3's FP8 release: our converter supports the architecture but not FP8 weights, so auto hands it to
+    llama.cpp's, which dequantizes them; gpt-oss's MXFP4 release is ours."""
+    fp8 = quantized(tmp_path, "DeepseekV3ForCausalLM", "fp8")
+    assert pipeline.choose_converter("auto", *fp8, must_not_be_read) == "llama.cpp"
+    assert pipeline.choose_converter("llama.cpp", *fp8, theirs=lambda: ["DeepseekV3ForCausalLM"]) == "llama.cpp"
+    assert pipeline.choose_converter("auto", *quantized(tmp_path, "GptOssForCausalLM", "mxfp4", "g"),
+                                     must_not_be_read) == "hf2gguf"
+    with pytest.raises(ConfigError) as e:
+        pipeline.choose_converter("hf2gguf", *fp8, theirs)
+    assert str(e.value).startswith(f"{tmp_path}/models/q/config.json: its weights are pre-quantized (fp8, "
+                                   "quantization_config), which our converter does not read, and CONVERTER is hf2gguf")
+    assert "CONVERTER: auto (the default) converts it with llama.cpp's convert_hf_to_gguf.py" in str(e.value)
+    with pytest.raises(ConfigError, match=r"models/a/config.json: its weights are pre-quantized \(awq, quantization_"
+                                          r"config\), which neither our converter nor llama.cpp's"):
+        pipeline.choose_converter("auto", *quantized(tmp_path, "LlamaForCausalLM", "awq", "a"), theirs)
+
+
+def test_their_dequantizing_methods_are_those_of_the_pinned_sdist():
+    """THEIR_QUANT_METHODS is what b11312's dequant_model (and MXFP4 handling) compares quant_method with."""
+    source = (llama_toolchain.extract_source(llama_toolchain.cache_root()) / "conversion" / "base.py").read_text()
+    assert set(re.findall(r'quant_method == "([\w-]+)"', source)) == set(pipeline.THEIR_QUANT_METHODS)
+
+
 def test_a_config_without_architectures_is_named(tmp_path):
     folder = tmp_path / "models" / "m"
     folder.mkdir(parents=True)

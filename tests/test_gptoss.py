@@ -1,8 +1,8 @@
 """gpt-oss beyond the reference and logit comparisons (test_reference.py, test_logits.py: the "gptoss" fixture, as
 OpenAI released it with MXFP4 experts, and "gptoss-bf16", transformers' own layout as the dequantized copies store
 it): the MXFP4 experts' bytes against an independent decode of the release's blocks and scales, the streaming of
-those bytes, what the sinks and the sliding window do to the logits, the inputs that are refused, and the workflow,
-where the bf16 layout quantizes to Q4_K_M and validates."""
+those bytes, what the sinks and the sliding window do to the logits, and the inputs that are refused. The release goes
+through the workflow to Q4_K_M, its MXFP4 experts kept, in test_moe.py."""
 from __future__ import annotations
 
 import json
@@ -194,29 +194,3 @@ def test_settings_llama_cpp_would_not_follow_are_refused(release, tmp_path, chan
     (folder / "config.json").write_text(json.dumps(config | change))
     with pytest.raises(ConversionError, match=message):
         architecture_for(ModelFolder(folder))
-
-
-# --- the workflow ---------------------------------------------------------------------------------------------------
-@pytest.mark.workflow
-@pytest.mark.slow
-def test_both_layouts_quantize_to_q4_k_m_and_validate(workflow):
-    """OpenAI's MXFP4 release and transformers' bf16 layout (the dequantized copies) through the workflow: converted
-    by our converter, quantized by llama-quantize, loaded and measured by llama.cpp. The release's intermediate
-    keeps its MXFP4 experts, and so does its Q4_K_M (llama-quantize is told to keep them: it refuses to requantize
-    them, and llama.cpp's own gpt-oss files keep them too); everything else is quantized."""
-    from conftest import build_fixtures
-    from reference import read_gguf
-
-    run = build_fixtures(workflow, ["gptoss", "gptoss-bf16"])
-    assert "keeping the release's MXFP4 tensors as they are (6, e.g. blk.0.ffn_" in run.output
-    for name in ("gptoss", "gptoss-bf16"):
-        path = workflow / f"outputs/GPU_LLM_LLAMA/{name}-Q4_K_M.gguf"
-        g = read_gguf(path)
-        assert g.kvs["general.architecture"][1] == "gpt-oss" and g.kvs["gpt-oss.attention.sliding_window"][1] == 8
-        assert g.kvs["general.file_type"][1] == gguf.LlamaFileType.MOSTLY_Q4_K_M
-        experts = {t.type for t in g.tensors if t.name.endswith("_exps.weight")}
-        assert experts == ({Q.MXFP4} if name == "gptoss" else {Q.Q4_K, Q.Q5_0, Q.Q6_K, Q.Q8_0} & experts), experts
-        assert {t.type for t in g.tensors if t.name.endswith("attn_q.weight")} - {Q.F32, Q.F16}, name  # quantized
-        r = json.loads(path.with_suffix(".json").read_text())
-        assert r["loaded"] is True and r["file_bytes"] == path.stat().st_size and r["converter"] == "hf2gguf", r
-        assert 0 <= r["kl_divergence"] < 0.5 and r["top1_agreement"] > 0.5, r

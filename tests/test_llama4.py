@@ -1,7 +1,7 @@
 """Llama 4 beyond the reference and logit comparisons (test_reference.py, test_logits.py: the "llama4" Scout-shaped
 and "llama4-maverick" fixtures): what the family's features do to the logits, the configs refused because
-llama.cpp would run them with other attention than transformers, and the workflow, where the Scout-shaped fixture
-quantizes to Q4_K_M and validates."""
+llama.cpp would run them with other attention than transformers. The Scout-shaped fixture goes through the workflow
+to Q4_K_M in test_moe.py."""
 from __future__ import annotations
 
 import json
@@ -147,25 +147,3 @@ def test_llama4_leaves_the_vision_model_of_a_conditional_generation_checkpoint_o
                           "written"]
     # rope_freqs, token_embd, output_norm, output; 13 tensors in each MoE layer (1 and 3), 9 in each dense one
     assert arch.n_expert == 128 and len(plans) == 1 + 3 + 2 * 13 + 2 * 9
-
-
-# --- the workflow ---------------------------------------------------------------------------------------------------
-@pytest.mark.workflow
-@pytest.mark.slow
-def test_a_llama4_checkpoint_quantizes_to_q4_k_m_and_validates(workflow):
-    """The Scout-shaped fixture through the workflow: converted once by our converter, quantized by llama-quantize,
-    loaded and measured by llama.cpp."""
-    from conftest import build_fixtures
-
-    build_fixtures(workflow, ["llama4"])
-    path = workflow / "outputs/GPU_LLM_LLAMA/llama4-Q4_K_M.gguf"
-    reader = gguf.GGUFReader(path)
-    assert reader.fields["general.architecture"].contents() == "llama4"
-    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
-    assert reader.fields["llama4.expert_count"].contents() == 16
-    r = json.loads(path.with_suffix(".json").read_text())
-    assert r["loaded"] is True and r["file_bytes"] == path.stat().st_size and r["converter"] == "hf2gguf", r
-    assert set(r["tensors_by_type"]) - {"F32"}, r["tensors_by_type"]  # 64-wide rows fall back from Q4_K
-    # a random model over Llama 3's 128k tokens is nearly flat (perplexity about 2e5), so 4-bit noise flips its
-    # argmax often: top-1 agreement was 0.42 at a KL divergence of 0.09
-    assert 0 <= r["kl_divergence"] < 0.5 and r["top1_agreement"] > 0.25, r

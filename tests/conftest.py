@@ -76,6 +76,21 @@ def workflow(tmp_path) -> Path:
     return copy_workflow(tmp_path / "wf")
 
 
+def linked_copy(fixture: Path, dest: Path) -> Path:
+    """A fixture's folder with its weights linked, so that a test can change config.json or the tokenizer."""
+    dest.mkdir()
+    for f in fixture.iterdir():
+        (dest / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy(f, dest / f.name)
+    return dest
+
+
+def edit_json(path: Path, change) -> None:
+    """Applies change(data) to a JSON file in place."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
 def write_safetensors(path: Path, arrays: dict[str, np.ndarray], bf16: bool = False) -> None:
     """Writes the safetensors format directly (numpy cannot express bf16: uint16 arrays are stored as BF16)."""
     names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint16): "BF16" if bf16 else "U16"}

@@ -13,6 +13,8 @@ import gguf
 import numpy as np
 import pytest
 
+import conftest
+
 from hf2gguf.architectures import architecture_for
 from hf2gguf.errors import ConversionError
 from hf2gguf.source import ModelFolder
@@ -28,10 +30,7 @@ def fixture():
 
 def linked_copy(dest):
     """The fixture's folder with its weights linked, so that a test can change config.json."""
-    dest.mkdir()
-    for f in fixture().iterdir():
-        (dest / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy(f, dest / f.name)
-    return dest
+    return conftest.linked_copy(fixture(), dest)
 
 
 def edit_config(folder, **changes):

@@ -5,30 +5,19 @@ quantize to Q4_K_M and validate."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import gguf
 import numpy as np
 import pytest
-from conftest import write_safetensors
+from conftest import edit_json, linked_copy, write_safetensors
 
 from hf2gguf.architectures import architecture_for
 from hf2gguf.errors import ConversionError
 from hf2gguf.source import ModelFolder
 
 
-def linked_copy(fixture, dest):
-    """The fixture's folder with its weights linked, so that a test can change config.json or the tokenizer."""
-    dest.mkdir()
-    for f in fixture.iterdir():
-        (dest / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy(f, dest / f.name)
-    return dest
 
 
-def edit_json(path, change):
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
 
 
 # --- SmolLM3: no RoPE in every 4th layer --------------------------------------------------------------------------

@@ -6,11 +6,11 @@ through the workflow to Q4_K_M, its MXFP4 experts kept, in test_moe.py."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import gguf
 import numpy as np
 import pytest
+from conftest import linked_copy
 
 from hf2gguf import convert as convert_module
 from hf2gguf.architectures import architecture_for
@@ -148,11 +148,6 @@ def test_the_fixtures_sinks_and_sliding_window_move_its_logits(change):
 
 
 # --- refused inputs -------------------------------------------------------------------------------------------------
-def linked_copy(fixture, dest):
-    dest.mkdir()
-    for f in fixture.iterdir():
-        (dest / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy(f, dest / f.name)
-    return dest
 
 
 def test_blocks_without_scales_are_one_error_naming_both(release, tmp_path):

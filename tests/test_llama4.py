@@ -4,30 +4,20 @@ llama.cpp would run them with other attention than transformers. The Scout-shape
 to Q4_K_M in test_moe.py."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import gguf
 import numpy as np
 import pytest
+from conftest import edit_json, linked_copy
 
 from hf2gguf.architectures import architecture_for
 from hf2gguf.errors import ConversionError
 from hf2gguf.source import ModelFolder
 
 
-def linked_copy(fixture, dest):
-    """The fixture's folder with its weights linked, so that a test can change config.json."""
-    dest.mkdir()
-    for f in fixture.iterdir():
-        (dest / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy(f, dest / f.name)
-    return dest
 
 
-def edit_json(path, change):
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
 
 
 # --- features the fixtures exercise -----------------------------------------------------------------------------

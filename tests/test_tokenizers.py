@@ -20,6 +20,7 @@ from pathlib import Path
 
 import gguf
 import pytest
+from conftest import edit_json
 
 from generators import tokenizers as G
 from hf2gguf.errors import ConversionError
@@ -282,10 +283,6 @@ def copy(folders, name: str, dest: Path) -> tuple[Path, int]:
     return dest, n_vocab
 
 
-def edit_json(path: Path, change) -> None:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(json.dumps(data), encoding="utf-8")
 
 
 def test_unknown_pre_tokenizer_regex_is_shown_with_the_fix(folders, tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from .base import Part, Raw, TensorPlan, register
-from .moe import MoE
+from .moe import MoE, transposed
 
 MXFP4 = re.compile(r"(?P<layer>.+)\.experts\.(?P<proj>gate_up_proj|down_proj)_(?P<kind>blocks|scales)")
 EXPERTS = re.compile(r"(?P<layer>.+)\.experts\.(?P<proj>gate_up_proj|down_proj)(?P<bias>_bias)?")
@@ -32,10 +32,6 @@ HALVES = (("gate_proj", 0), ("up_proj", 1))  # interleaved rows (or columns): ga
 SLIDING, FULL = "sliding_attention", "full_attention"
 # llama.cpp's fixed SwiGLU: gate * sigmoid(alpha * gate) * (up + 1), gate and up clamped to the limit
 SWIGLU = {"swiglu_alpha": 1.702, "swiglu_limit": 7.0}
-
-
-def transposed(m: np.ndarray) -> np.ndarray:
-    return m.T
 
 
 def block_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import gguf
 from .base import register
 from .decoder import Decoder
 from .gemma import plus_one
+from .multimodal import TextOfMultimodal
 
 # transformers' Gemma3TextConfig defaults: the 4B to 27B releases' text_config states only what differs
 TEXT_DEFAULTS = dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
@@ -20,42 +21,17 @@ VISION = ("vision_tower.", "multi_modal_projector.")
 
 
 @register("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
-class Gemma3(Decoder):
+class Gemma3(TextOfMultimodal, Decoder):
     gguf_arch = gguf.MODEL_ARCH.GEMMA3
     tokenizer_options = dict(kinds=("sentencepiece",), add_space_prefix=False)
-
-    def read_config(self, config):
-        text = config.get("text_config")
-        return config | TEXT_DEFAULTS | text if isinstance(text, dict) else TEXT_DEFAULTS | config
+    text_defaults = TEXT_DEFAULTS
+    vision_prefixes = VISION + tuple("model." + p for p in VISION)  # as released, or as transformers 5 names them
+    vision_name = "vision tower and projector"
 
     def __init__(self, model):
         super().__init__(model)
         if self.hparams.get("attn_logit_softcapping") is not None:
             self.config_error("Gemma 3 has no attention soft-capping, but attn_logit_softcapping is set")
-
-    def plan(self):
-        vision = [n for n in self.model.tensors if self.is_vision(n)]
-        if vision:
-            self.notes.append(f"leaving out the vision tower and projector ({len(vision)} tensors): no mmproj file "
-                              "is written")
-        return super().plan()
-
-    @staticmethod
-    def is_vision(hf_name: str) -> bool:
-        return hf_name.startswith(VISION) or hf_name.startswith(tuple("model." + p for p in VISION))
-
-    def skip(self, hf_name):
-        return self.is_vision(hf_name) or super().skip(hf_name)
-
-    def map_name(self, hf_name):
-        # language_model.model.layers.N (the releases) or model.language_model.layers.N (transformers 5 modules)
-        return super().map_name(hf_name.replace("language_model.", "", 1))
-
-    def vocab(self, n_vocab):
-        from ..tokenizer import load_vocab
-
-        # special ids from config.json as it is (top level first, then text_config), as gguf-py's SpecialVocab
-        return load_vocab(self.model.path, n_vocab, self.model.config, **self.vocab_options())
 
     def values(self, gguf_name, hf_name):
         return plus_one if hf_name.endswith("norm.weight") else None

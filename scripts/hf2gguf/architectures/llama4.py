@@ -21,6 +21,7 @@ import gguf
 from .base import register
 from .llama import llama3_rope_factors
 from .moe import MoE
+from .multimodal import TextOfMultimodal
 
 # what llama.cpp (b11312) fixes for llama4 files with chunked attention, as transformers' config names them
 NO_ROPE_EVERY = 4
@@ -35,14 +36,13 @@ TEXT_DEFAULTS = dict(vocab_size=202048, hidden_size=5120, intermediate_size=8192
 
 
 @register("Llama4ForCausalLM", "Llama4ForConditionalGeneration")
-class Llama4(MoE):
+class Llama4(TextOfMultimodal, MoE):
     gguf_arch = gguf.MODEL_ARCH.LLAMA4
     tokenizer_options = dict(kinds=("gpt2",))
     fused_in_out = True
-
-    def read_config(self, config):
-        text = config.get("text_config")
-        return config | TEXT_DEFAULTS | text if isinstance(text, dict) else TEXT_DEFAULTS | config
+    text_defaults = TEXT_DEFAULTS
+    vision_prefixes = VISION
+    vision_name = "vision model and projector"
 
     def __init__(self, model):
         super().__init__(model)
@@ -97,26 +97,6 @@ class Llama4(MoE):
 
     def is_moe_layer(self, bid: int) -> bool:
         return (bid + 1) % self.moe_step == 0
-
-    # --- the language model of a conditional-generation checkpoint ------------------------------------------------
-    def plan(self):
-        vision = [n for n in self.model.tensors if n.startswith(VISION)]
-        if vision:
-            self.notes.append(f"leaving out the vision model and projector ({len(vision)} tensors): no mmproj file "
-                              "is written")
-        return super().plan()
-
-    def skip(self, hf_name):
-        return hf_name.startswith(VISION) or super().skip(hf_name)
-
-    def map_name(self, hf_name):
-        return super().map_name(hf_name.replace("language_model.", "", 1))
-
-    def vocab(self, n_vocab):
-        from ..tokenizer import load_vocab
-
-        # special ids from config.json as it is (top level first, then text_config), as gguf-py's SpecialVocab
-        return load_vocab(self.model.path, n_vocab, self.model.config, **self.vocab_options())
 
     # --- KV and tensors ------------------------------------------------------------------------------------------
     def set_kv(self, w):

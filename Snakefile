@@ -35,7 +35,7 @@ onstart:
 
 onsuccess:
     slurm_retries()
-    print_summary()
+    pipeline.print_summary(default_outputs())
 
 
 onerror:

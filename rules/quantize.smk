@@ -1,6 +1,7 @@
 # One pair's GGUF: llama-quantize from the model's intermediate, with the pair's options and, for the
 # precisions that need one (or IMATRIX: true), an importance matrix computed once per model (rule imatrix);
-# or a copy of the converter's output for the precisions it writes directly (F32, F16, BF16, Q8_0).
+# or a copy of the converter's output for the precisions it writes directly (F32, F16, BF16, Q8_0)
+# (pair_output_inputs in rules/common.smk).
 
 
 rule quantize:
@@ -16,15 +17,17 @@ rule quantize:
     conda:
         "../envs/llama-cpp.yaml"
     container:
-        pair_container
+        lambda w: PAIR_CONTAINERS[w.pair]
     threads: 2
     resources:
         cpus=lambda w, threads: threads,  # sizes group jobs on a cluster (rules/cluster.smk)
     params:
         type=lambda w: pipeline.canonical_precision(w.precision),
-        options=quantize_arguments,
-        tools=quantize_tools,
-        script=script("quantize.py"),
+        # a param of its own (not derived from the inputs, which Snakemake leaves out of its params comparison),
+        # so that changing an option reruns the job
+        options=lambda w: jobs.quantize_arguments(PAIRS[w.pair], w.precision),
+        tools=lambda w, input: jobs.tool_arguments(input),
+        script=script_path("quantize.py"),
         code=code_digest("quantize.py", "hf2gguf/atomic.py"),
     shell:
         "python {params.script:q} {input.gguf:q} {output:q} {params.type} --threads {threads}"
@@ -34,34 +37,18 @@ rule quantize:
 # The same GGUF split into shards by llama-gguf-split, for a pair that sets SPLIT_MAX_SIZE or SPLIT_MAX_TENSORS:
 # the folder outputs/<PAIR>/<model>-<PRECISION>/ of <model>-<PRECISION>-0000N-of-0000M.gguf (llama.cpp loads
 # them from the first). Made in one job, so the whole file is never kept beside its shards.
-rule quantize_split:
+use rule quantize as quantize_split with:
     input:
-        unpack(split_inputs),
+        unpack(lambda w: pair_output_inputs(w, split=True)),
         ready=model_ready,
     output:
         directory(f"{OUT}/{{pair}}/{{model}}-{{precision}}"),
     log:
         f"{LOGS}/quantize/{{pair}}/{{model}}-{{precision}}.split.log",
-    group:
-        "quantize"
-    conda:
-        "../envs/llama-cpp.yaml"
-    container:
-        pair_container
-    threads: 2
-    resources:
-        cpus=lambda w, threads: threads,  # sizes group jobs on a cluster (rules/cluster.smk)
     params:
-        type=lambda w: pipeline.canonical_precision(w.precision),
-        options=quantize_arguments,
-        tools=quantize_tools,
-        split=split_arguments,
-        script=script("quantize.py"),
-        code=code_digest("quantize.py", "hf2gguf/atomic.py"),
-    shell:
-        "python {params.script:q} {input.gguf:q} {output:q} {params.type} --threads {threads}"
-        " {params.tools} {params.options} --gguf-split {input.gguf_split:q} {params.split}"
-        " 2>&1 | tee {log:q}"
+        options=lambda w: jobs.quantize_arguments(
+            PAIRS[w.pair], w.precision, split=True
+        ),
 
 
 rule imatrix:
@@ -79,7 +66,7 @@ rule imatrix:
         DEFAULT_CONTAINER_IMAGE
     threads: 2
     params:
-        text=script("data/calibration.txt"),
+        text=script_path("data/calibration.txt"),
         text_sha256=code_digest("data/calibration.txt"),
         ctx=config["VALIDATION_CTX"],
     shell:

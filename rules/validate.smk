@@ -18,7 +18,7 @@ rule kld_base:
         DEFAULT_CONTAINER_IMAGE
     threads: 2
     params:
-        text=script("data/evaluation.txt"),
+        text=script_path("data/evaluation.txt"),
         text_sha256=code_digest("data/evaluation.txt"),
         ctx=config["VALIDATION_CTX"],
     shell:
@@ -38,19 +38,24 @@ rule validate:
     conda:
         "../envs/llama-cpp.yaml"
     container:
-        pair_container
+        lambda w: PAIR_CONTAINERS[w.pair]
     threads: 2
     resources:
         # it runs the GGUF on the pair's own hardware: the pair's partition, account, node features and GPUs
-        slurm_partition=target_resource("SLURM_PARTITION", "SBATCH_PARTITION"),
-        slurm_account=target_resource("SLURM_ACCOUNT", "SBATCH_ACCOUNT"),
-        constraint=target_resource("SLURM_CONSTRAINT"),
-        gpu=target_resource("GPUS"),
-        gpu_model=target_resource("GPU_MODEL"),
+        # (jobs.pair_resource: the pair's field, else the environment variable, else the cluster's default)
+        slurm_partition=lambda w: jobs.pair_resource(
+            PAIRS[w.pair], "SLURM_PARTITION", "SBATCH_PARTITION"
+        ),
+        slurm_account=lambda w: jobs.pair_resource(
+            PAIRS[w.pair], "SLURM_ACCOUNT", "SBATCH_ACCOUNT"
+        ),
+        constraint=lambda w: jobs.pair_resource(PAIRS[w.pair], "SLURM_CONSTRAINT"),
+        gpu=lambda w: jobs.pair_resource(PAIRS[w.pair], "GPUS"),
+        gpu_model=lambda w: jobs.pair_resource(PAIRS[w.pair], "GPU_MODEL"),
     params:
-        script=script("validate.py"),
+        script=script_path("validate.py"),
         code=code_digest("validate.py"),
-        text=script("data/evaluation.txt"),
+        text=script_path("data/evaluation.txt"),
         ctx=config["VALIDATION_CTX"],
     shell:
         "python {params.script:q} {input.gguf:q} --kld-base {input.base:q} --perplexity {input.tool:q}"
@@ -94,7 +99,7 @@ rule plot:
     conda:
         "../envs/converter.yaml"
     params:
-        script=script("plot.py"),
+        script=script_path("plot.py"),
         code=code_digest("plot.py"),
     shell:
         "python {params.script:q} {input:q} --plot {output.plot:q} --table {output.table:q} > {log:q} 2>&1"

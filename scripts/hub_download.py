@@ -24,6 +24,28 @@ PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.saf
 PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+def source(hub_models: dict, model: str) -> tuple[str, str] | None:
+    """(repo, revision) when HUB_MODELS maps the model (to a repo, or to {repo, revision}), else None."""
+    entry = hub_models.get(model)
+    if isinstance(entry, str):
+        return entry, "main"
+    return (entry["repo"], entry.get("revision", "main")) if entry else None
+
+
+def pending(models_dir: str, hub_models: dict, model: str) -> bool:
+    """A Hub model whose folder is not there yet: what depends on its files is decided once it is downloaded."""
+    folder = Path(models_dir) / model
+    return source(hub_models, model) is not None and not (folder.is_dir() and any(folder.iterdir()))
+
+
+def downloads(models_dir: str, hub_models: dict, model: str) -> bool:
+    """Whether the workflow downloads the model: mapped in HUB_MODELS, and its folder missing, empty or made by
+    this script. A folder placed by hand (no .hf2gguf-source.json) is used as it is, never downloaded again."""
+    folder = Path(models_dir) / model
+    return pending(models_dir, hub_models, model) or (source(hub_models, model) is not None and
+                                                       (folder / SOURCE_FILE).exists())
+
+
 class DownloadError(Exception):
     pass
 

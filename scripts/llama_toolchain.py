@@ -79,6 +79,20 @@ def build_key(native: bool = False, extra: tuple[str, ...] = ()) -> str:
     return key
 
 
+def tool_path(name: str, configured_quantize: str | None, from_env: bool, build_dir: str, env_dir: str) -> str:
+    """Where the workflow's jobs find llama.cpp's tool `name`: beside a configured llama-quantize (LLAMA_QUANTIZE),
+    else in the jobs' conda env or container (env_dir, with --sdm conda or apptainer: nothing is built), else in
+    build_dir, where the workflow builds them. A configured llama-quantize that is not an executable file raises
+    FileNotFoundError."""
+    if configured_quantize:
+        if not (os.path.isfile(configured_quantize) and os.access(configured_quantize, os.X_OK)):
+            raise FileNotFoundError(f"LLAMA_QUANTIZE={configured_quantize} is not an executable file")
+        if name == "llama-quantize":
+            return configured_quantize
+        return os.path.join(os.path.dirname(configured_quantize), name)
+    return os.path.join(env_dir if from_env else build_dir, name)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -136,6 +136,60 @@ def direct_framework_message(pair: str, models_dir: str, model: str) -> str:
             f"for this pair. GGUF targets exist for the *_{LLAMA_FRAMEWORK} pairs only.")
 
 
+def schema_default(schema: str, field: str):
+    """A field's default in a JSON schema written in YAML (rules/schemas/): the one place it is written."""
+    return load_yaml(Path(schema))["properties"][field]["default"]
+
+
+def load_pairs(config_dir: str, validate) -> tuple[dict[str, dict], list[str]]:
+    """{pair: YAML} of the llama.cpp pairs under config_dir, each checked by validate(data, path) (the schema)
+    and check_pair; and, apart, the pairs of the frameworks that load Hugging Face folders directly."""
+    llama, direct = {}, []
+    for pair in list_pairs(config_dir):
+        fw = framework(pair)
+        if fw in DIRECT_FRAMEWORKS:
+            direct.append(pair)
+            continue
+        if fw != LLAMA_FRAMEWORK:
+            raise ConfigError(f"{config_dir}/{pair}/: unknown framework {fw!r}. Pairs are "
+                              f"<HARDWARE>_<TASK>_<FRAMEWORK>, and this workflow builds GGUFs for *_LLAMA pairs")
+        path = pair_yaml(config_dir, pair)
+        data = load_yaml(path)
+        validate(data, path)
+        check_pair(data, path)
+        llama[pair] = data
+    return llama, direct
+
+
+def pair_settings(pairs: dict[str, dict], direct_pairs: list[str], pair: str, where: str, config_dir: str,
+                  models_dir: str, model: str) -> dict:
+    """pairs[pair]; for a pair of a framework that needs no GGUF, or one that is not configured, a ConfigError
+    that says why (where: the target)."""
+    if pair in direct_pairs:
+        raise ConfigError(direct_framework_message(pair, models_dir, model))
+    if pair not in pairs:
+        raise ConfigError(f"{where}: there is no pair {pair} ({config_dir}/{pair}/ does not exist). "
+                          f"Configured pairs: {', '.join(pairs) or '(none)'}")
+    return pairs[pair]
+
+
+def pair_output(pair_cfg: dict | None, stem: str) -> str:
+    """A pair's output: stem.gguf, or the folder `stem` of its shards when the pair sets SPLIT_MAX_SIZE or
+    SPLIT_MAX_TENSORS."""
+    return stem if pair_cfg and split_arguments(pair_cfg) else f"{stem}.gguf"
+
+
+def default_outputs(pairs: dict[str, dict], model: str, out: str, validate: bool) -> list[str]:
+    """The default target: each pair's output for the model, its .gguf.sha256 and, when validating, its .json
+    and the report's plot."""
+    stems = {pair: f"{out}/{pair}/{model}-{cfg['PRECISION']}" for pair, cfg in pairs.items()}
+    outputs = [pair_output(pairs[pair], stem) for pair, stem in stems.items()]
+    outputs += [f"{stem}.gguf.sha256" for stem in stems.values()]
+    if validate and stems:
+        outputs += [f"{stem}.json" for stem in stems.values()] + [f"{out}/report/size_vs_kld.png"]
+    return outputs
+
+
 def load_yaml(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -333,6 +387,16 @@ def validation_summary(report: dict) -> str:
     return (f"{report['gguf']}: {report['file_bytes'] / 1e6:.1f} MB, {report['bits_per_weight']:.2f} bpw, "
             f"KLD {report['kl_divergence']:.4f}, top-1 {100 * report['top1_agreement']:.1f}%, "
             f"PPL {report['perplexity']:.2f}, converted by {report.get('converter', 'hf2gguf')}")
+
+
+def print_summary(paths: list[str]) -> None:
+    """One line on stderr per validation report (.json) among paths that exists: the end of a successful run."""
+    import sys
+
+    for path in paths:
+        if path.endswith(".json") and os.path.exists(path):
+            with open(path) as f:
+                print(validation_summary(json.load(f)), file=sys.stderr)
 
 
 def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str:

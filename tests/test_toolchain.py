@@ -67,3 +67,20 @@ def test_the_built_llama_quantize_is_the_pinned_build(llama_quantize, tmp_path):
     proc = subprocess.run([llama_quantize, f16, tmp_path / "q.gguf", "Q4_0", "1"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stderr.splitlines()[0].endswith("(build 11312, commit 0c1e570)"), proc.stderr[:300]
+
+
+def test_the_gguf_library_is_the_one_the_pinned_llama_cpp_ships():
+    """Our converter writes with PyPI's gguf (names, keys and enums come from it); llama.cpp's converter writes
+    with its own gguf-py. pyproject.toml's range must hold the installed release and the sdist's gguf-py, and no
+    release our tests never saw: a new llama.cpp pin brings a new gguf, and pyproject.toml must follow it."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    pin = next(Requirement(r) for r in project["project"]["dependencies"] if r.startswith("gguf"))
+    shipped = tomllib.loads((tc.extract_source(tc.cache_root()) / "gguf-py/pyproject.toml").read_text())
+    assert shipped["project"]["version"] in pin.specifier, (pin, shipped["project"]["version"])
+    assert version("gguf") in pin.specifier
+    assert list(pin.specifier.filter(["0.17.1", "0.18.0", "1.0.0"])) == [], f"{pin}: gguf releases we never tested"

@@ -1,7 +1,7 @@
 """Convert a Hugging Face model folder to one GGUF file, streaming.
 
-The header, metadata and tensor infos are written by gguf.GGUFWriter; the tensor data section is then filled
-by worker threads, each handling a chunk of rows at its precomputed offset (pread, convert, pwrite). Chunks
+The header, metadata and tensor infos are written by gguf.GGUFWriter (its public methods only); the tensor data
+section is then filled by worker threads, each handling a chunk of rows at its precomputed offset (pread, convert, pwrite). Chunks
 whose type does not change are copied by the kernel (copy_file_range). Memory holds a few chunks at a time,
 whatever the model's size."""
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .source import ModelFolder
 
 Q = gguf.GGMLQuantizationType
 OUTTYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0}
+ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT
 FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
               Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
 # kept F32 whatever the type, as llama.cpp's converter does: the position embedding and the expert routers
@@ -110,7 +111,12 @@ class Piece:
     whole: bool  # the whole part: transforms, value changes and 1-D tensors are handled whole
 
 
-def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_start: int, alignment: int):
+def padded(size: int) -> int:
+    """size rounded up to the GGUF alignment (general.alignment is never written, so the default holds)."""
+    return size + -size % ALIGNMENT
+
+
+def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_start: int):
     """Each tensor's parts at their offsets, in chunks of about CHUNK_BYTES of source: a tensor made of many
     checkpoint tensors (stacked experts) is never held whole."""
     offset = data_start
@@ -139,7 +145,7 @@ def pieces(model: ModelFolder, plans: list[TensorPlan], types: list[Q], data_sta
             at += part_size
         if p.parts and at - offset != size:
             raise AssertionError(f"{p.name}: its parts hold {at - offset} bytes, its shape {list(p.shape)} {size}")
-        offset += gguf.GGUFWriter.ggml_pad(size, alignment)
+        offset += padded(size)
 
 
 def copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: int) -> None:
@@ -248,8 +254,8 @@ def provenance(model: ModelFolder, fingerprint: str | Path | None, outtype: str)
     return kv
 
 
-def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[TensorPlan], types: list[Q],
-          qtype: Q, name: str, log, threads: int, extra_kv: dict[str, str]) -> None:
+def write(w: gguf.GGUFWriter, path: Path, model: ModelFolder, arch, vocab, plans: list[TensorPlan],
+          types: list[Q], qtype: Q, name: str, log, threads: int, extra_kv: dict[str, str]) -> None:
     """Tensor infos first, then header, KV and tensor info; then the data, in parallel chunks."""
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)  # every KV is a pure function of the inputs: no dates, no absolute paths
@@ -265,14 +271,18 @@ def write(w: gguf.GGUFWriter, model: ModelFolder, arch, vocab, plans: list[Tenso
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    fout = w.fout[0]
-    fout.flush()
-    data_start = w.ggml_pad(fout.tell(), w.data_alignment)
-    total = data_start + sum(w.ggml_pad(nbytes(p.shape, t), w.data_alignment) for p, t in zip(plans, types))
-    fd = fout.fileno()
+    w.close()
+    with open(path, "r+b") as f:
+        write_data(f.fileno(), model, plans, types, log, threads)
+
+
+def write_data(fd: int, model: ModelFolder, plans: list[TensorPlan], types: list[Q], log, threads: int) -> None:
+    """The tensor data, after the header, KV and tensor infos that the file holds."""
+    data_start = padded(os.fstat(fd).st_size)
+    total = data_start + sum(padded(nbytes(p.shape, t)) for p, t in zip(plans, types))
     os.ftruncate(fd, total)  # zero-filled: the padding between tensors
     left = {p.name: 0 for p in plans}
-    work = list(pieces(model, plans, types, data_start, w.data_alignment))
+    work = list(pieces(model, plans, types, data_start))
     for piece in work:
         left[piece.plan.name] += 1
     done, width = 0, len(str(len(plans)))
@@ -323,7 +333,7 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "auto", name:
     with atomic_path(out) as tmp, disk_full_is_an_error(out):
         w = gguf.GGUFWriter(tmp, arch.arch_name)
         try:
-            write(w, model, arch, vocab, plans, types, qtype, name or model.path.name, log,
+            write(w, tmp, model, arch, vocab, plans, types, qtype, name or model.path.name, log,
                   threads or os.cpu_count() or 1, provenance(model, fingerprint, outtype))
         finally:
             model.close()

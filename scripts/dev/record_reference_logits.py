@@ -4,7 +4,7 @@
 A development tool, not part of the converter: it needs torch and transformers
 (`pip install torch==2.13.0 transformers`). Run it again whenever the model folder changes:
 
-    python scripts/record_reference_logits.py models/tiny-gpt2 tests/fixtures/tiny-gpt2
+    python scripts/dev/record_reference_logits.py models/tiny-gpt2 tests/fixtures/tiny-gpt2
 
 Writes <prefix>.npz (input ids and float32 logits of every position) and <prefix>-tokens.json (token ids of
 test strings, with and without special tokens), both stamped with the sha256 of the weights they came from.

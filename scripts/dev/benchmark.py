@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: our converter against llama.cpp's convert_hf_to_gguf.py and cp, and the workflow end to end.
 
-    python scripts/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow] [--models NAME ...]
+    python scripts/dev/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow] [--models NAME ...]
 
 Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
 reported as medians and as ratios, since machines are noisy. Assets are made locally and cached under
@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
 import llama_toolchain  # noqa: E402
 import reference_converter  # noqa: E402
 
@@ -257,7 +256,7 @@ def bench_converter(cache: Path, repeat: int, reference: bool, models: list[str]
             subprocess.run(["cat", *model.glob("*.safetensors")], stdout=subprocess.DEVNULL, check=True)  # warm
 
             def ours():
-                r = run([sys.executable, HERE / "convert.py", model, "-o", out, "--outtype", "F16"])
+                r = run([sys.executable, ROOT / "scripts" / "convert.py", model, "-o", out, "--outtype", "F16"])
                 out.unlink()
                 return r
 
@@ -330,7 +329,7 @@ def bench_workflow(cache: Path, repeat: int, reference: bool) -> list[str]:
                                    capture_output=True)
             return flow
 
-        ours = [sys.executable, str(HERE / "convert.py")]
+        ours = [sys.executable, str(ROOT / "scripts" / "convert.py")]
         ref = [reference_converter.build_env() if reference else "", str(llama_toolchain.extract_source(
             llama_toolchain.cache_root()) / "convert_hf_to_gguf.py")]
 

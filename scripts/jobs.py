@@ -1,0 +1,106 @@
+"""What the rules decide about their jobs, as plain functions: what a pair's output is made from, what a
+conversion asks of the cluster, and the digest of the code a job runs. rules/*.smk turn these decisions into
+paths and settings; tests/test_jobs.py tests them.
+
+Imported at parse time like pipeline.py: standard library only, and no work beyond a few stat calls.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from typing import NamedTuple
+
+import pipeline
+
+
+class Source(NamedTuple):
+    """How a pair's output is made: `copy_of` the converter's output at that type, or (None) quantized by
+    llama-quantize from the model's intermediate, with an importance matrix when `imatrix`."""
+
+    copy_of: str | None
+    imatrix: bool
+
+
+def output_source(pair_cfg: dict, precision: str, where: str = "the target") -> Source:
+    """The precisions our converter writes (F32, F16, BF16, Q8_0) are its output, copied, unless the pair sets a
+    llama-quantize option or an importance matrix for them; every other precision is quantized."""
+    options, imatrix = pipeline.quantize_options(pair_cfg, precision, where)
+    precision = pipeline.canonical_precision(precision)
+    if precision in pipeline.DIRECT_PRECISIONS and not options and not imatrix:
+        return Source(precision, False)
+    return Source(None, imatrix)
+
+
+def quantize_arguments(pair_cfg: dict, precision: str, split: bool = False) -> str:
+    """The pair's llama-quantize options as arguments of scripts/quantize.py; for its split output, then
+    --split-max-size or --split-max-tensors. A param of the quantize rules, so that changing one reruns the job."""
+    options, _ = pipeline.quantize_options(pair_cfg, precision)
+    if split:
+        options += pipeline.split_arguments(pair_cfg)
+    return " ".join(shlex.quote(o) for o in options)
+
+
+TOOL_FLAGS = {"tool": "--llama-quantize", "imatrix": "--imatrix", "gguf_split": "--gguf-split"}
+
+
+def tool_arguments(inputs) -> str:
+    """scripts/quantize.py's --llama-quantize, --imatrix and --gguf-split, for the tools among a job's inputs."""
+    names = inputs.keys()
+    return " ".join(f"{flag} {shlex.quote(inputs[name])}" for name, flag in TOOL_FLAGS.items() if name in names)
+
+
+def pair_resource(pair_cfg: dict, field: str, env: str | None = None) -> str | None:
+    """A resource of the jobs that run on the pair's hardware: the pair's YAML field, else the environment
+    variable `env`, else None, which leaves the resource unset (the cluster's default)."""
+    return pair_cfg.get(field) or os.environ.get(env or "", "") or None
+
+
+def reference_arguments(converter: str, env: str | None, log: str) -> str:
+    """scripts/reference_converter.py's --env (its environment's record, unless conda provides it) and --log
+    (named in its errors), for the models llama.cpp's converter converts."""
+    if converter != "llama.cpp":
+        return ""
+    return (f"--env {shlex.quote(env)} " if env else "") + f"--log {shlex.quote(log)}"
+
+
+def model_size_mb(models_dir: str, model: str) -> int:
+    """The size of the files conversion reads: what the converter's memory and time grow with."""
+    return sum(os.path.getsize(f) for f in pipeline.model_files(models_dir, model)) // 2**20
+
+
+def convert_mem_mb(size_mb: int, converter: str, attempt: int = 1) -> int:
+    """Our converter streams: about 15% of the model (README, Performance). llama.cpp's loads lazily; torch and
+    transformers take about 300 MB, and its peak was 664 MiB for a 424 MiB model and 887 MiB for 2.3 GiB
+    (README, Choosing the converter). A retry (Slurm killed the job for memory or time) asks for more."""
+    if converter == "llama.cpp":
+        return (1024 + size_mb // 2) * attempt
+    return (512 + size_mb // 5) * attempt
+
+
+def convert_runtime(size_mb: int, converter: str, attempt: int = 1) -> int:
+    """Minutes: ours converts at 400 MB/s or more, llama.cpp's at about 80 MB/s after 8 s of start-up
+    (README, Performance)."""
+    if converter == "llama.cpp":
+        return (10 + size_mb // 1500) * attempt
+    return (10 + size_mb // 6000) * attempt
+
+
+def code_digest(root: str, *names: str) -> str:
+    """sha256 of files and packages (their .py files) under root, named relative to it: a param of the rules
+    that run them, so that editing the code reruns them. (Snakemake's code trigger sees only a rule's own text,
+    and scripts given to `script:` are compared by mtime, which a fresh checkout resets.)"""
+    h = hashlib.sha256()
+    for name in names:
+        top = os.path.join(root, name)
+        if not os.path.exists(top):
+            raise FileNotFoundError(f"code_digest: {top} does not exist")
+        if os.path.isfile(top):
+            paths = [top]
+        else:
+            paths = [os.path.join(d, f) for d, _, files in os.walk(top) for f in files if f.endswith(".py")]
+        for path in sorted(paths):
+            h.update(os.path.relpath(path, root).encode() + b"\0")
+            with open(path, "rb") as fh:
+                h.update(fh.read())
+    return h.hexdigest()

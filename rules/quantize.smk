@@ -28,7 +28,7 @@ rule quantize:
         options=lambda w: jobs.quantize_arguments(PAIRS[w.pair], w.precision),
         tools=lambda w, input: jobs.tool_arguments(input),
         script=script_path("quantize.py"),
-        code=code_digest("quantize.py", "hf2gguf/atomic.py"),
+        code=code_digest("quantize.py", "hf2gguf/atomic.py", "hf2gguf/gguf_header.py"),
     shell:
         "python {params.script:q} {input.gguf:q} {output:q} {params.type} --threads {threads}"
         " {params.tools} {params.options} 2>&1 | tee {log:q}"

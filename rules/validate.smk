@@ -54,7 +54,7 @@ rule validate:
         gpu_model=lambda w: jobs.pair_resource(PAIRS[w.pair], "GPU_MODEL"),
     params:
         script=script_path("validate.py"),
-        code=code_digest("validate.py"),
+        code=code_digest("validate.py", "hf2gguf/gguf_header.py"),
         text=script_path("data/evaluation.txt"),
         ctx=config["VALIDATION_CTX"],
     shell:

@@ -99,11 +99,11 @@ KEPT_AS_RELEASED = {"MXFP4": re.compile(r"blk\.\d+\.ffn_(gate|up|down)_exps\.wei
 
 def tensor_types(path: Path) -> dict[str, list[str]]:
     """{type name: the tensors of that type} of a GGUF."""
-    import gguf
+    from hf2gguf.gguf_header import read_header
 
     types: dict[str, list[str]] = {}
-    for t in gguf.GGUFReader(path).tensors:
-        types.setdefault(t.tensor_type.name, []).append(t.name)
+    for t in read_header(path)[1]:
+        types.setdefault(t.type.name, []).append(t.name)
     return types
 
 

@@ -72,15 +72,15 @@ def compare(base_path: Path, quant_path: Path) -> dict:
 
 def gguf_facts(path: Path) -> dict:
     """Sizes and types of one GGUF, or of all the shards of a split one."""
-    import gguf
+    from hf2gguf.gguf_header import read_header
 
     files = gguf_files(path)
-    readers = [gguf.GGUFReader(f) for f in files]
-    tensors = [t for r in readers for t in r.tensors]
-    params = sum(int(t.n_elements) for t in tensors)
-    data_bytes = sum(int(t.n_bytes) for t in tensors)
-    types = collections.Counter(t.tensor_type.name for t in tensors)
-    provenance = {k: f.contents() for k, f in readers[0].fields.items() if k.startswith("hf2gguf.")}
+    headers = [read_header(f) for f in files]
+    tensors = [t for _, infos in headers for t in infos]
+    params = sum(t.n_elements for t in tensors)
+    data_bytes = sum(t.n_bytes for t in tensors)
+    types = collections.Counter(t.type.name for t in tensors)
+    provenance = {k: v for k, v in headers[0][0].items() if k.startswith("hf2gguf.")}
     return {"file_bytes": sum(f.stat().st_size for f in files), "files": len(files), "parameters": params,
             "bits_per_weight": round(8 * data_bytes / params, 4),
             "tensors_by_type": dict(sorted(types.items())), "converter": converter_of_gguf(provenance)}

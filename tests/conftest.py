@@ -15,10 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 TINY = ROOT / "models" / "tiny-gpt2"
-WORKFLOW_FILES = ("Snakefile", "rules", "configurations", "models", "scripts", "profiles", "envs")
+WORKFLOW_FILES = ("Snakefile", "rules", "models", "scripts", "profiles", "envs")
+# The tests' own configuration, in the layout of configurations/ (which users edit): every test workflow gets it.
+TEST_CONFIG = ROOT / "tests" / "configurations"
 
 
-def copy_workflow(dest: Path) -> Path:
+def copy_workflow(dest: Path, configurations: Path = TEST_CONFIG) -> Path:
+    """A copy of the workflow in dest, with configurations (the tests' own by default) as its configurations/."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         src = ROOT / name
@@ -26,7 +29,35 @@ def copy_workflow(dest: Path) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.exists():
             shutil.copy2(src, dest / name)
+    shutil.copytree(configurations, dest / "configurations")
     return dest
+
+
+def pair_yamls(configurations: Path = TEST_CONFIG) -> dict[str, dict]:
+    """{pair: its YAML's fields} for the llama.cpp pairs (*_LLAMA folders) of a configuration, read with plain yaml,
+    not with the workflow's code, so that the expectations derived from it are independent of the code under test."""
+    import yaml
+
+    return {d.name: yaml.safe_load((d / f"converter_args_{d.name.lower()}.yaml").read_text()) or {}
+            for d in sorted(configurations.iterdir()) if d.is_dir() and d.name.endswith("_LLAMA")}
+
+
+def configured_pairs(configurations: Path = TEST_CONFIG) -> dict[str, str]:
+    """{pair: PRECISION} of a configuration (the tests' own by default)."""
+    return {pair: fields["PRECISION"] for pair, fields in pair_yamls(configurations).items()}
+
+
+# the precisions the converter writes itself (README's precision table); llama-quantize makes the others
+DIRECT_PRECISIONS = ("F32", "F16", "FP16", "BF16", "Q8_0")
+
+
+def file_type(precision: str):
+    """The gguf.LlamaFileType an output of precision declares (FP16 is a synonym of F16); None if gguf has no name
+    for it."""
+    import gguf
+
+    name = {"FP16": "MOSTLY_F16", "F32": "ALL_F32"}.get(precision, f"MOSTLY_{precision}")
+    return gguf.LlamaFileType.__members__.get(name)
 
 
 class Run:
@@ -89,6 +120,15 @@ def edit_json(path: Path, change) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     change(data)
     path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def edit_yaml(path: Path, change) -> None:
+    """Applies change(data) to a YAML file in place (its comments are not kept)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
 def write_safetensors(path: Path, arrays: dict[str, np.ndarray], bf16: bool = False) -> None:

@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, snakemake
+from conftest import DIRECT_PRECISIONS, ROOT, configured_pairs, pair_yamls, snakemake
 
 pytestmark = pytest.mark.workflow
 
-PAIRS = {"AGX_ORIN_LLM_LLAMA": "FP16", "ARM_LLM_LLAMA": "Q4_0", "CPU_LLM_LLAMA": "Q8_0", "GPU_LLM_LLAMA": "Q4_K_M"}
-CUDA_IMAGE, CPU_IMAGE = "docker://ghcr.io/ggml-org/llama.cpp:full-cuda", "docker://ghcr.io/ggml-org/llama.cpp:full"
+PAIRS = configured_pairs()  # {pair: PRECISION} of the tests' configuration (tests/configurations/)
+DEFAULT_IMAGE = "docker://ghcr.io/ggml-org/llama.cpp:full"  # pair.schema.yaml's CONTAINER_IMAGE default
+IMAGES = {pair: fields.get("CONTAINER_IMAGE", DEFAULT_IMAGE) for pair, fields in pair_yamls().items()}
 # import name -> conda-forge / PyPI package name
 PACKAGES = {"numpy": "numpy", "yaml": "pyyaml", "gguf": "gguf", "safetensors": "safetensors",
             "matplotlib": "matplotlib-base", "huggingface_hub": "huggingface_hub",
@@ -198,23 +199,22 @@ def test_apptainer_runs_each_pairs_tools_in_its_image(workflow, tmp_path, llama_
     assert "llama_cpp" not in run.jobs() and not (workflow / "outputs" / "toolchain").exists()
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     pulled = sorted(c[-1] for c in calls if c[0] == "pull")
-    assert pulled == [CPU_IMAGE, CUDA_IMAGE], calls
+    assert pulled == sorted({DEFAULT_IMAGE, *IMAGES.values()}), calls
     ran = []  # (image URL, command)
     for call in (c for c in calls if c[0] == "exec"):
         assert "--nv" in call and "PREPEND_PATH=envs/bin" in call, call
         image_file = Path(call[-4]) if Path(call[-4]).is_absolute() else workflow / call[-4]
         ran.append((image_file.read_text(), call[-1]))
     for pair, precision in PAIRS.items():
-        image = CUDA_IMAGE if pair in ("GPU_LLM_LLAMA", "AGX_ORIN_LLM_LLAMA") else CPU_IMAGE
         output = f"outputs/{pair}/tiny-gpt2-{precision}"
         jobs = [(img, cmd) for img, cmd in ran if f"{output}.gguf " in cmd or f"{output}.json" in cmd]
-        assert {img for img, _ in jobs} == {image}, (pair, jobs)
+        assert {img for img, _ in jobs} == {IMAGES[pair]}, (pair, jobs)
         assert any("scripts/validate.py" in cmd for _, cmd in jobs), (pair, jobs)
         report = json.loads((workflow / f"{output}.json").read_text())
         assert report["loaded"] and report["kl_divergence"] >= 0
     quantized = [cmd for _, cmd in ran if "--llama-quantize envs/bin/llama-quantize" in cmd]
-    assert len(quantized) == 2, ran  # Q4_0 and Q4_K_M; FP16 and Q8_0 come straight from the converter
-    assert [img for img, cmd in ran if "kl-divergence-base" in cmd] == [CPU_IMAGE]
+    assert len(quantized) == sum(q not in DIRECT_PRECISIONS for q in PAIRS.values()), ran
+    assert [img for img, cmd in ran if "kl-divergence-base" in cmd] == [DEFAULT_IMAGE]
     assert not any("scripts/convert.py" in cmd for _, cmd in ran)  # the converter runs outside containers
 
 

@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, copy_workflow, snakemake
+from conftest import ROOT, copy_workflow, edit_yaml, snakemake
 
 import llama_toolchain
 import pipeline
@@ -192,16 +192,14 @@ def one_pair_workflow(dest: Path, models: dict[str, Path]) -> Path:
     for pair in (wf / "configurations").iterdir():
         if pair.is_dir() and pair.name != "GPU_LLM_LLAMA":
             shutil.rmtree(pair)
-    cfg = wf / "configurations" / "converter_args.yaml"
-    cfg.write_text(cfg.read_text().replace("INTERMEDIATE_TYPE: auto", "INTERMEDIATE_TYPE: F32"))
+    edit_yaml(wf / "configurations" / "converter_args.yaml", lambda d: d.update(INTERMEDIATE_TYPE="F32"))
     for name, folder in models.items():
         shutil.copytree(folder, wf / "models" / name, ignore=shutil.ignore_patterns("*.npz"))
     return wf
 
 
 def set_converter(wf: Path, setting: str) -> None:
-    cfg = wf / "configurations" / "converter_args.yaml"
-    cfg.write_text(re.sub(r"(?m)^CONVERTER: \S+", f"CONVERTER: {setting}", cfg.read_text()))
+    edit_yaml(wf / "configurations" / "converter_args.yaml", lambda d: d.update(CONVERTER=setting))
 
 
 def targets(*models):

@@ -7,18 +7,13 @@ import time
 
 import gguf
 import pytest
-from conftest import ROOT, snakemake
+from conftest import ROOT, edit_yaml, snakemake
 from hub_server import Hub
 
 TINY = {p.name: p.read_bytes() for p in (ROOT / "models/tiny-gpt2").iterdir() if p.name != "README.md"}
-HUB_MODELS = """HUB_MODELS:
-  hubtiny: test-org/tiny-gpt2
-  pinned: {repo: test-org/tiny-gpt2, revision: v1}
-  gated: test-org/gated
-  pickled: test-org/pickled
-  dropped: test-org/dropped
-  tiny-gpt2: test-org/tiny-gpt2
-"""
+HUB_MODELS = {"hubtiny": "test-org/tiny-gpt2", "pinned": {"repo": "test-org/tiny-gpt2", "revision": "v1"},
+              "gated": "test-org/gated", "pickled": "test-org/pickled", "dropped": "test-org/dropped",
+              "tiny-gpt2": "test-org/tiny-gpt2"}
 
 
 @pytest.fixture
@@ -37,9 +32,7 @@ def hub():
 
 @pytest.fixture
 def wf(workflow, hub, tmp_path):
-    cfg = workflow / "configurations/converter_args.yaml"
-    text = cfg.read_text()
-    cfg.write_text(text[: text.index("HUB_MODELS:")] + HUB_MODELS)
+    edit_yaml(workflow / "configurations/converter_args.yaml", lambda d: d.update(HUB_MODELS=HUB_MODELS))
     return workflow
 
 

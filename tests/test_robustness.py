@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,8 +66,11 @@ def failing(wf, *args) -> str:
 
 
 def set_model_name(wf, line):
+    """Puts line (YAML text) in place of the MODEL_NAME line."""
     cfg = wf / CONFIG
-    cfg.write_text(cfg.read_text().replace("MODEL_NAME: tiny-gpt2 # a folder under MODELS_DIR", line))
+    text, n = re.subn(r"(?m)^MODEL_NAME:.*$", line, cfg.read_text())
+    assert n == 1
+    cfg.write_text(text)
 
 
 @pytest.mark.parametrize("line,problem", [

@@ -19,7 +19,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from conftest import ROOT, Run, copy_workflow
+from conftest import ROOT, Run, copy_workflow, pair_yamls
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -129,10 +129,10 @@ def sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """One model built for two pairs through Slurm. The GPU pair's validation is sent to partition gpu and
-    account hf2gguf-gpu (the per-pair fields), with the GPU it asks for in the shipped YAML (GPUS: 1)."""
+    account hf2gguf-gpu (the per-pair fields), with the GPU it asks for in the tests' YAML (GPUS: 1)."""
     wf = copy_workflow(tmp_path_factory.mktemp("slurm") / "wf")
     pair_yaml = wf / "configurations" / GPU / "converter_args_gpu_llm_llama.yaml"
-    assert "GPUS: 1" in pair_yaml.read_text()
+    assert pair_yamls(wf / "configurations")[GPU].get("GPUS") == 1
     with open(pair_yaml, "a") as f:
         f.write("SLURM_PARTITION: gpu\nSLURM_ACCOUNT: hf2gguf-gpu\n")
     start = time.monotonic()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Run, copy_workflow
+from conftest import ROOT, Run, configured_pairs, copy_workflow, edit_yaml
 from test_slurm import FAST, MODEL, NO_VALIDATION, ok, run_id, sacct, sha256, slurm_cluster, snakemake  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
@@ -86,8 +86,8 @@ def states(run: Run, expect: int) -> list[tuple[str, str, str]]:
 
 
 def test_request_no_node_can_hold_stops_before_anything_is_submitted(wf):
-    pair = wf / "configurations" / GPU / "converter_args_gpu_llm_llama.yaml"
-    pair.write_text(pair.read_text().replace("GPUS: 1", "GPUS: 4"))  # the node has one GPU
+    edit_yaml(wf / "configurations" / GPU / "converter_args_gpu_llm_llama.yaml",
+              lambda d: d.update(GPUS=4))  # the node has one GPU
     start_ = time.monotonic()
     run = snakemake(wf, Q8, f"outputs/{GPU}/{MODEL}-Q4_K_M.json", "--set-resources", "convert:mem_mb=999999")
     seconds = time.monotonic() - start_
@@ -204,16 +204,15 @@ def test_interrupt_cancels_the_runs_jobs_and_exits_within_seconds(wf, sig):
 
 
 def test_many_models_through_the_shipped_profile(tmp_path):
-    """The load case: N tiny models x the 4 shipped pairs, the job limit honoured, and a no-op second run."""
+    """The load case: N tiny models x the pairs of the tests' configuration (4), the job limit honoured, and a no-op
+    second run."""
     n_models, job_limit = int(os.environ.get("HF2GGUF_LOAD_MODELS", "4")), 4
     wf = copy_workflow(tmp_path / "wf")
     names = [f"tiny-{i:02d}" for i in range(n_models)]
     for name in names:
         shutil.copytree(ROOT / "models" / MODEL, wf / "models" / name)
-    pairs = {p: (wf / "configurations" / p / f"converter_args_{p.lower()}.yaml").read_text() for p in
-             ("AGX_ORIN_LLM_LLAMA", "ARM_LLM_LLAMA", CPU, GPU)}  # fmt: skip
-    precision = {p: re.search(r"PRECISION: (\S+)", text).group(1) for p, text in pairs.items()}
-    targets = [f"outputs/{p}/{m}-{precision[p]}.gguf.sha256" for m in names for p in pairs]
+    pairs = configured_pairs(wf / "configurations")  # {pair: PRECISION}
+    targets = [f"outputs/{p}/{m}-{q}.gguf.sha256" for m in names for p, q in pairs.items()]
     proc = start(wf, *targets, "--jobs", str(job_limit), *NO_VALIDATION)
     peak, t0 = 0, time.monotonic()
     while proc.poll() is None:

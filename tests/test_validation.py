@@ -5,10 +5,11 @@ import hashlib
 import json
 
 import pytest
-from conftest import snakemake
+from conftest import configured_pairs, edit_yaml, snakemake
 
 pytestmark = pytest.mark.workflow
-OUTPUTS = {"AGX_ORIN_LLM_LLAMA": "FP16", "ARM_LLM_LLAMA": "Q4_0", "CPU_LLM_LLAMA": "Q8_0", "GPU_LLM_LLAMA": "Q4_K_M"}
+OUTPUTS = configured_pairs()  # {pair: PRECISION} of the tests' configuration (tests/configurations/)
+PAIR_OF = {precision: pair for pair, precision in OUTPUTS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_every_output_has_a_report_from_llama_cpp(built):
 
 def test_f16_against_itself_and_fewer_bits_cost_more(built):
     wf, _ = built
-    f16, q8, q4km = (report(wf, p) for p in ("AGX_ORIN_LLM_LLAMA", "CPU_LLM_LLAMA", "GPU_LLM_LLAMA"))
+    f16, q8, q4km = (report(wf, PAIR_OF[q]) for q in ("FP16", "Q8_0", "Q4_K_M"))
     assert f16["kl_divergence"] < 1e-5 and f16["top1_agreement"] == 1.0
     assert f16["tensors_by_type"] == {"F16": 9, "F32": 19}
     assert 0 < q8["kl_divergence"] < q4km["kl_divergence"]
@@ -51,16 +52,16 @@ def test_checksums_and_summary(built):
         name = f"tiny-gpt2-{precision}.gguf"
         digest = hashlib.sha256((wf / f"outputs/{pair}/{name}").read_bytes()).hexdigest()
         assert (wf / f"outputs/{pair}/{name}.sha256").read_text() == f"{digest}  {name}\n"
-    r = report(wf, "GPU_LLM_LLAMA")
-    assert (f"outputs/GPU_LLM_LLAMA/tiny-gpt2-Q4_K_M.gguf: {r['file_bytes'] / 1e6:.1f} MB, "
-            f"{r['bits_per_weight']:.2f} bpw, KLD {r['kl_divergence']:.4f}") in run.output
+    for pair, precision in OUTPUTS.items():
+        r = report(wf, pair)
+        assert (f"outputs/{pair}/tiny-gpt2-{precision}.gguf: {r['file_bytes'] / 1e6:.1f} MB, "
+                f"{r['bits_per_weight']:.2f} bpw, KLD {r['kl_divergence']:.4f}") in run.output
 
 
 def test_validation_can_be_switched_off(workflow):
-    cfg = workflow / "configurations/converter_args.yaml"
-    cfg.write_text(cfg.read_text().replace("VALIDATE: true", "VALIDATE: false"))
+    edit_yaml(workflow / "configurations/converter_args.yaml", lambda d: d.update(VALIDATE=False))
     jobs = snakemake(workflow, "-n").jobs()
-    assert "validate" not in jobs and "kld_base" not in jobs and jobs["checksum"] == 4
+    assert "validate" not in jobs and "kld_base" not in jobs and jobs["checksum"] == len(OUTPUTS)
 
 
 def test_two_clean_builds_are_byte_identical(built, tmp_path):
@@ -98,7 +99,7 @@ def test_the_html_report_has_the_plot_table_and_dag(built, tmp_path):
     plot = wf / "outputs/report/size_vs_kld.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (wf / "outputs/report/validation.html").read_text()
-    assert table.count("<tr>") == 5 and "Q4_K_M" in table and "b11312 (0c1e570)" in table
+    assert table.count("<tr>") == len(OUTPUTS) + 1 and "Q4_K_M" in table and "b11312 (0c1e570)" in table
     snakemake(wf, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()
     assert base64.b64encode(plot.read_bytes()).decode()[200:400] in html  # the plot itself is embedded
@@ -113,9 +114,10 @@ def test_our_comparison_agrees_with_llama_cpps_own_summary(built):
 
     wf, _ = built
     tool = next((wf / "outputs/toolchain").glob("*/bin/llama-perplexity"))
-    r = report(wf, "GPU_LLM_LLAMA")
+    pair = PAIR_OF["Q4_K_M"]
+    r = report(wf, pair)
     for _ in range(10):
-        out = subprocess.run([tool, "-m", wf / "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q4_K_M.gguf", "--kl-divergence-base",
+        out = subprocess.run([tool, "-m", wf / f"outputs/{pair}/tiny-gpt2-Q4_K_M.gguf", "--kl-divergence-base",
                               wf / "outputs/validation/tiny-gpt2.kld", "--kl-divergence", "-c", "128", "-b", "128"],
                              capture_output=True, text=True)
         kld, top = re.search(r"Mean\s+KLD:\s*([0-9.]+)", out.stdout), re.search(r"Same top p:\s*([0-9.]+)", out.stdout)

@@ -11,20 +11,22 @@ import gguf
 import llama_cpp
 import numpy as np
 import pytest
-from conftest import ROOT, copy_workflow, snakemake
+from conftest import (DIRECT_PRECISIONS, ROOT, TEST_CONFIG, configured_pairs, copy_workflow, edit_yaml, file_type,
+                      snakemake)
 
 pytestmark = pytest.mark.workflow
 
-DEFAULT_OUTPUTS = {  # configurations/*/converter_args_*.yaml as shipped
-    "AGX_ORIN_LLM_LLAMA": ("FP16", gguf.LlamaFileType.MOSTLY_F16),
-    "ARM_LLM_LLAMA": ("Q4_0", gguf.LlamaFileType.MOSTLY_Q4_0),
-    "CPU_LLM_LLAMA": ("Q8_0", gguf.LlamaFileType.MOSTLY_Q8_0),
-    "GPU_LLM_LLAMA": ("Q4_K_M", gguf.LlamaFileType.MOSTLY_Q4_K_M),
-}
+PAIRS = configured_pairs()  # {pair: PRECISION} of the tests' configuration (tests/configurations/)
+N = len(PAIRS)
+QUANTIZED = [q for q in PAIRS.values() if q not in DIRECT_PRECISIONS]  # made by llama-quantize
 
 
 def output(wf, pair, model="tiny-gpt2"):
-    return wf / "outputs" / pair / f"{model}-{DEFAULT_OUTPUTS[pair][0]}.gguf"
+    return wf / "outputs" / pair / f"{model}-{PAIRS[pair]}.gguf"
+
+
+def pair_yaml(wf, pair):
+    return wf / "configurations" / pair / f"converter_args_{pair.lower()}.yaml"
 
 
 def runs_in_llama_cpp(path) -> None:
@@ -35,20 +37,21 @@ def runs_in_llama_cpp(path) -> None:
 
 
 # the default target also checksums and validates each pair's GGUF, against one KL-divergence base per model
-CHECKS = {"kld_base": 1, "validate": 4, "checksum": 4, "plot": 1}
+CHECKS = {"kld_base": 1, "validate": N, "checksum": N, "plot": 1}
 
 
 @pytest.fixture
 def built(workflow):
-    run = snakemake(workflow)
-    assert run.jobs() == {"llama_cpp": 1, "convert": 2, "quantize": 4, **CHECKS}, run.output
+    run = snakemake(workflow)  # convert: the F16 intermediate, and Q8_0 directly
+    assert run.jobs() == {"llama_cpp": 1, "convert": 2, "quantize": N, **CHECKS}, run.output
     return workflow
 
 
 def test_default_target_builds_every_pair_and_llama_cpp_runs_them(built):
-    for pair, (_, file_type) in DEFAULT_OUTPUTS.items():
+    assert set(PAIRS) == {p.name for p in (built / "outputs").glob("*_LLAMA")}
+    for pair, precision in PAIRS.items():
         path = output(built, pair)
-        assert gguf.GGUFReader(path).fields["general.file_type"].contents() == file_type, pair
+        assert gguf.GGUFReader(path).fields["general.file_type"].contents() == file_type(precision), pair
         runs_in_llama_cpp(path)
     assert not list(built.glob("outputs/**/.*.tmp-*"))
     assert (built / "outputs/logs/convert/tiny-gpt2-F16.log").read_text().count("wrote ") == 1
@@ -68,8 +71,7 @@ def test_explicit_target_for_any_pair_and_precision(workflow):
 
 
 def test_changing_one_pairs_precision_runs_one_quantize_job(built):
-    yaml = built / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml"
-    yaml.write_text(yaml.read_text().replace("PRECISION: Q4_K_M", "PRECISION: Q5_K_M"))
+    edit_yaml(pair_yaml(built, "GPU_LLM_LLAMA"), lambda d: d.update(PRECISION="Q5_K_M"))
     run = snakemake(built)
     assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1}
     assert (built / "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q5_K_M.gguf").exists()
@@ -77,7 +79,7 @@ def test_changing_one_pairs_precision_runs_one_quantize_job(built):
 
 def test_changing_a_model_file_rebuilds_that_model_only(built):
     shutil.copytree(built / "models/tiny-gpt2", built / "models/other-gpt2")
-    other = built / "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf"
+    other = output(built, "GPU_LLM_LLAMA", "other-gpt2")
     assert snakemake(built, str(other.relative_to(built))).jobs() == {"convert": 1, "quantize": 1}
     before = {p: p.stat().st_mtime_ns for p in built.glob("outputs/*/other-gpt2-*.gguf")}
     weights = built / "models/tiny-gpt2/model.safetensors"
@@ -85,7 +87,7 @@ def test_changing_a_model_file_rebuilds_that_model_only(built):
     raw[-1] ^= 0x01  # one bit of the last tensor's data
     weights.write_bytes(bytes(raw))
     run = snakemake(built, "all", str(other.relative_to(built)))
-    assert run.jobs() == {"convert": 2, "quantize": 4, **CHECKS}
+    assert run.jobs() == {"convert": 2, "quantize": N, **CHECKS}
     assert "other-gpt2" not in run.output.split("Job stats")[0].replace(f"{other.relative_to(built)}", "")
     assert {p: p.stat().st_mtime_ns for p in built.glob("outputs/*/other-gpt2-*.gguf")} == before
 
@@ -94,7 +96,7 @@ def test_changing_a_config_file_reconverts(built):
     config = built / "models/tiny-gpt2/config.json"
     config.write_text(config.read_text().replace('"layer_norm_epsilon": 1e-05', '"layer_norm_epsilon": 1e-06'))
     run = snakemake(built)
-    assert run.jobs() == {"convert": 2, "quantize": 4, **CHECKS}
+    assert run.jobs() == {"convert": 2, "quantize": N, **CHECKS}
     eps = gguf.GGUFReader(output(built, "GPU_LLM_LLAMA")).fields["gpt2.attention.layer_norm_epsilon"].contents()
     assert eps == pytest.approx(1e-6)
 
@@ -108,21 +110,21 @@ def test_changing_the_converter_code_reconverts(built):
 
 def test_touching_a_small_input_without_changing_it_rebuilds_nothing(built):
     os.utime(built / "models/tiny-gpt2/config.json")
-    os.utime(built / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml")
+    os.utime(pair_yaml(built, "GPU_LLM_LLAMA"))
     assert snakemake(built, "-n").jobs() == {}
 
 
 def test_new_toolchain_flags_make_quantized_outputs_stale(built):
-    cfg = built / "configurations/converter_args.yaml"
-    cfg.write_text(cfg.read_text().replace("LLAMA_CPP_NATIVE: false", "LLAMA_CPP_NATIVE: true"))
+    edit_yaml(built / "configurations/converter_args.yaml", lambda d: d.update(LLAMA_CPP_NATIVE=True))
     run = snakemake(built, "-n")
-    # Q4_0 and Q4_K_M (FP16 and Q8_0 need no llama-quantize), and every validation (a new llama-perplexity)
-    assert run.jobs() == {"llama_cpp": 1, "quantize": 2, "checksum": 2, "kld_base": 1, "validate": 4, "plot": 1}
+    # the outputs of llama-quantize, and every validation (a new llama-perplexity)
+    n = len(QUANTIZED)
+    assert run.jobs() == {"llama_cpp": 1, "quantize": n, "checksum": n, "kld_base": 1, "validate": N, "plot": 1}
 
 
 def test_existing_llama_quantize_is_used_without_building(workflow, llama_quantize):
     run = snakemake(workflow, "-n", env={"LLAMA_QUANTIZE": llama_quantize})
-    assert "llama_cpp" not in run.jobs() and run.jobs()["quantize"] == 4 and run.jobs()["validate"] == 4
+    assert "llama_cpp" not in run.jobs() and run.jobs()["quantize"] == N and run.jobs()["validate"] == N
     bad = snakemake(workflow, "-n", check=False, env={"LLAMA_QUANTIZE": "/nonexistent/llama-quantize"})
     assert bad.returncode != 0 and "LLAMA_QUANTIZE=/nonexistent/llama-quantize is not an executable file" in bad.output
 
@@ -146,12 +148,11 @@ def test_lower_case_precision_is_refused_with_a_hint(workflow):
 
 def test_unknown_pair_lists_the_configured_ones(workflow):
     out = failing(workflow, "outputs/NPU_LLM_LLAMA/tiny-gpt2-Q4_0.gguf")
-    assert "no pair NPU_LLM_LLAMA" in out and "AGX_ORIN_LLM_LLAMA, ARM_LLM_LLAMA, CPU_LLM_LLAMA, GPU_LLM_LLAMA" in out
+    assert "no pair NPU_LLM_LLAMA" in out and ", ".join(sorted(PAIRS)) in out
 
 
 def test_missing_model_lists_the_existing_folders(workflow):
-    cfg = workflow / "configurations/converter_args.yaml"
-    cfg.write_text(cfg.read_text().replace("MODEL_NAME: tiny-gpt2", "MODEL_NAME: llama-7b"))
+    edit_yaml(workflow / "configurations/converter_args.yaml", lambda d: d.update(MODEL_NAME="llama-7b"))
     out = failing(workflow)
     assert "models/llama-7b/: no such model folder" in out and "Existing model folders: tiny-gpt2" in out
 
@@ -181,13 +182,13 @@ def test_transformers_pairs_say_they_need_no_conversion(workflow):
 # --- entry points and hygiene ---------------------------------------------------------------------------------------
 def test_cecaiserve_entry_point(tmp_path):
     converter = tmp_path / "Converter"
-    shutil.copytree(ROOT / "configurations", converter / "configurations")
+    shutil.copytree(TEST_CONFIG, converter / "configurations")
     shutil.copytree(ROOT / "models", converter / "models")
     env = {**os.environ, "PYTHON": sys.executable, "CORES": "2"}
     proc = subprocess.run([ROOT / "scripts/cecaiserve_convert.sh", "GPU_LLM_LLAMA", converter], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [p.name for p in (converter / "outputs/GPU_LLM_LLAMA").iterdir()] == ["tiny-gpt2-Q4_K_M.gguf"]
+    assert list((converter / "outputs/GPU_LLM_LLAMA").iterdir()) == [output(converter, "GPU_LLM_LLAMA")]
     assert not (converter / "outputs/ARM_LLM_LLAMA").exists()
 
 
@@ -219,16 +220,17 @@ def fresh_checkout_with_cached_outputs(built, dest, with_metadata: bool):
 @pytest.mark.parametrize("with_metadata", [True, False], ids=["with .snakemake", "without .snakemake"])
 def test_fresh_checkout_with_restored_outputs_rebuilds_nothing(built, tmp_path, with_metadata):
     shutil.copytree(built / "models/tiny-gpt2", built / "models/other-gpt2")
-    snakemake(built, "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf")
+    other = str(output(built, "GPU_LLM_LLAMA", "other-gpt2").relative_to(built))
+    snakemake(built, other)
     ci = fresh_checkout_with_cached_outputs(built, tmp_path / "ci", with_metadata)
-    run = snakemake(ci, "all", "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf")
+    run = snakemake(ci, "all", other)
     assert run.jobs() == {}, run.output
     # one byte of one shard: exactly that model is rebuilt
     shard = ci / "models/other-gpt2/model.safetensors"
     raw = bytearray(shard.read_bytes())
     raw[-2] ^= 0x40
     shard.write_bytes(bytes(raw))
-    run = snakemake(ci, "all", "outputs/GPU_LLM_LLAMA/other-gpt2-Q4_K_M.gguf")
+    run = snakemake(ci, "all", other)
     assert run.jobs() == {"convert": 1, "quantize": 1}, run.output
     assert "tiny-gpt2" not in "".join(l for l in run.output.splitlines() if l.strip().startswith("output:"))
 
@@ -282,8 +284,8 @@ def test_iq2_xs_makes_and_uses_an_importance_matrix(workflow):
 
 
 def test_pair_overrides_reach_the_tensor_types_and_rerun_only_that_pair(built):
-    yaml = built / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml"
-    yaml.write_text(yaml.read_text() + "TOKEN_EMBEDDING_TYPE: Q8_0\nTENSOR_TYPES: [ffn_down=Q8_0]\n")
+    edit_yaml(pair_yaml(built, "GPU_LLM_LLAMA"),
+              lambda d: d.update(TOKEN_EMBEDDING_TYPE="Q8_0", TENSOR_TYPES=["ffn_down=Q8_0"]))
     run = snakemake(built)
     assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1}
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(output(built, "GPU_LLM_LLAMA")).tensors}
@@ -293,7 +295,6 @@ def test_pair_overrides_reach_the_tensor_types_and_rerun_only_that_pair(built):
 
 
 def test_imatrix_false_with_a_precision_that_needs_one(workflow):
-    yaml = workflow / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml"
-    yaml.write_text("PRECISION: IQ2_XS\nIMATRIX: false\n")
+    pair_yaml(workflow, "GPU_LLM_LLAMA").write_text("PRECISION: IQ2_XS\nIMATRIX: false\n")
     run = snakemake(workflow, "-n", check=False)
     assert run.returncode != 0 and "requires an importance matrix, but the pair sets IMATRIX: false" in run.output

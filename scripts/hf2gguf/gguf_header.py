@@ -1,0 +1,87 @@
+"""The header of a GGUF file: its scalar and string metadata and its tensor infos, read without the tensor data
+and without decoding arrays.
+
+gguf.GGUFReader builds a numpy view for every element of every array, which takes seconds for a vocabulary of
+50,000 tokens (2.6 s for GPT-2's): once per quantize job and once per validate job, that was most of the
+workflow's own overhead. The jobs need only the tensor infos and a few string keys; this reads them in
+milliseconds, with the types and sizes of the gguf package."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+
+import gguf
+
+# GGUF value types (gguf.GGUFValueType) with a fixed size, as struct formats; 8 is a string, 9 an array.
+SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+STRING, ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type: gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # numpy's order: the file stores it reversed
+
+    @property
+    def n_elements(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def n_bytes(self) -> int:
+        block, size = gguf.GGML_QUANT_SIZES[self.type]
+        return self.n_elements // block * size
+
+
+def read_header(path: str | Path) -> tuple[dict[str, object], list[TensorInfo]]:
+    """({key: value} of the scalar and string KVs (array KVs are skipped), [tensor info]). A file that is not a
+    GGUF (v2 or v3), is truncated or holds an unknown type raises ValueError."""
+    try:
+        with open(path, "rb") as f:
+            return _read(f)
+    except (struct.error, UnicodeDecodeError, KeyError) as e:
+        raise ValueError(f"{path}: not a readable GGUF header ({type(e).__name__}: {e})") from None
+
+
+def _read(f) -> tuple[dict[str, object], list[TensorInfo]]:
+    def unpack(fmt: str):
+        fmt = "<" + fmt
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+
+    def string() -> str:
+        (n,) = unpack("Q")
+        return f.read(n).decode("utf-8")
+
+    def value(vtype: int):
+        if vtype == STRING:
+            return string()
+        if vtype != ARRAY:
+            return unpack(SCALARS[vtype])[0]
+        etype, n = unpack("IQ")
+        if etype in SCALARS:
+            f.seek(n * struct.calcsize(SCALARS[etype]), 1)
+        else:
+            for _ in range(n):
+                value(etype)
+        return None
+
+    magic, version, n_tensors, n_kv = unpack("4sIQQ")
+    if magic != b"GGUF" or version not in (2, 3):
+        raise struct.error(f"magic {magic!r}, version {version}")
+    kv = {}
+    for _ in range(n_kv):
+        key = string()
+        (vtype,) = unpack("I")
+        v = value(vtype)
+        if vtype != ARRAY:
+            kv[key] = v
+    tensors = []
+    for _ in range(n_tensors):
+        name = string()
+        (n_dims,) = unpack("I")
+        dims = unpack(f"{n_dims}Q")
+        ttype, _offset = unpack("IQ")
+        tensors.append(TensorInfo(name, gguf.GGMLQuantizationType(ttype), tuple(reversed(dims))))
+    return kv, tensors

@@ -1,0 +1,45 @@
+"""hf2gguf/gguf_header.py against gguf.GGUFReader, the gguf package's full reader: the same KVs and tensor infos,
+on our converter's output and on llama-quantize's."""
+from __future__ import annotations
+
+import subprocess
+
+import gguf
+import pytest
+from conftest import TINY
+
+from hf2gguf.convert import convert
+from hf2gguf.gguf_header import read_header
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory, llama_quantize):
+    out = tmp_path_factory.mktemp("header")
+    files = [convert(TINY, out / f"{t}.gguf", t, log=lambda m: None) for t in ("F32", "F16", "Q8_0")]
+    quantized = out / "Q4_K_M.gguf"
+    subprocess.run([llama_quantize, "--override-kv", "hf2gguf.precision=str:Q4_K_M", files[1], quantized, "Q4_K_M"],
+                   check=True, capture_output=True)
+    return files + [quantized]
+
+
+def test_the_same_as_ggufs_reader(ggufs):
+    for path in ggufs:
+        kv, tensors = read_header(path)
+        reader = gguf.GGUFReader(path)
+        scalars = {k: f.contents() for k, f in reader.fields.items()
+                   if f.types[0] != gguf.GGUFValueType.ARRAY and not k.startswith("GGUF.")}
+        assert kv == scalars, path
+        assert "tokenizer.ggml.tokens" not in kv and kv["general.architecture"] == "gpt2"
+        assert [(t.name, t.type, t.shape, t.n_elements, t.n_bytes) for t in tensors] == [
+            (t.name, t.tensor_type, tuple(int(d) for d in reversed(t.shape)), int(t.n_elements), int(t.n_bytes))
+            for t in reader.tensors], path
+    assert read_header(ggufs[-1])[0]["hf2gguf.precision"] == "Q4_K_M"  # llama-quantize's override
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a gguf"])
+def test_a_damaged_file_raises_value_error(ggufs, tmp_path, damage):
+    bad = tmp_path / "bad.gguf"
+    raw = ggufs[0].read_bytes()
+    bad.write_bytes(raw[:5000] if damage == "truncated" else b"GGML" + raw[4:])
+    with pytest.raises(ValueError, match="bad.gguf: not a readable GGUF header"):
+        read_header(bad)

@@ -61,7 +61,7 @@ def test_the_shipped_configuration_builds_and_so_does_an_edited_one(tmp_path):
     edit_yaml(config / first / f"converter_args_{first.lower()}.yaml", lambda d: d.update(PRECISION=changed))
     if rest:
         shutil.rmtree(config / rest[-1])
-    new = next(p for p in ("NPU_LLM_LLAMA", "NPU2_LLM_LLAMA") if not (config / p).exists())
+    new = next(p for p in ("NPU_LLM_LLAMA", "NPU2_LLM_LLAMA") if p not in pairs)
     (config / new).mkdir()
     (config / new / f"converter_args_{new.lower()}.yaml").write_text("PRECISION: Q6_K\n")
     snakemake(wf)

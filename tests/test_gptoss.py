@@ -93,7 +93,7 @@ def test_mxfp4_bytes_are_streamed_in_chunks_of_rows(release, converted, tmp_path
     for t in whole.tensors:
         if t.type != Q.MXFP4:
             continue
-        work = list(convert_module.pieces(model, [plans[t.name]], [Q.MXFP4], 0, 32))
+        work = list(convert_module.pieces(model, [plans[t.name]], [Q.MXFP4], 0))
         assert len(work) == -(-16 * 64 // 3) and all(w.stop - w.start <= 3 for w in work)
         out = tmp_path / t.name
         with open(out, "wb") as f:
@@ -112,7 +112,7 @@ def test_a_raw_tensor_keeps_its_type_and_is_read_in_row_chunks(monkeypatch):
                       raw=Raw(Q.MXFP4, ("x_blocks", "x_scales"), lambda start, stop: None))
     assert {convert_module.tensor_type(plan, t) for t in convert_module.OUTTYPES.values()} == {Q.MXFP4}
     monkeypatch.setattr(convert_module, "CHUNK_BYTES", 4 * 34)
-    work = list(convert_module.pieces(None, [plan], [Q.MXFP4], 1000, 32))
+    work = list(convert_module.pieces(None, [plan], [Q.MXFP4], 1000))
     assert [(w.start, w.stop, w.offset) for w in work] == [(r, min(r + 4, 30), 1000 + 34 * r) for r in range(0, 30, 4)]
 
 

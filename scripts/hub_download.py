@@ -33,17 +33,16 @@ def source(hub_models: dict, model: str) -> tuple[str, str] | None:
 
 
 def pending(models_dir: str, hub_models: dict, model: str) -> bool:
-    """A Hub model whose folder is not there yet: what depends on its files is decided once it is downloaded."""
+    """A Hub model whose folder is missing or empty: what depends on its files is decided once it is downloaded."""
     folder = Path(models_dir) / model
     return source(hub_models, model) is not None and not (folder.is_dir() and any(folder.iterdir()))
 
 
 def downloads(models_dir: str, hub_models: dict, model: str) -> bool:
-    """Whether the workflow downloads the model: mapped in HUB_MODELS, and its folder missing, empty or made by
-    this script. A folder placed by hand (no .hf2gguf-source.json) is used as it is, never downloaded again."""
-    folder = Path(models_dir) / model
-    return pending(models_dir, hub_models, model) or (source(hub_models, model) is not None and
-                                                       (folder / SOURCE_FILE).exists())
+    """Whether the workflow downloads the model: pending, or downloaded by this script before (kept up to date).
+    A folder placed by hand (no .hf2gguf-source.json) is used as it is, never downloaded again."""
+    made_here = source(hub_models, model) is not None and (Path(models_dir) / model / SOURCE_FILE).exists()
+    return made_here or pending(models_dir, hub_models, model)
 
 
 class DownloadError(Exception):

@@ -173,10 +173,10 @@ def pair_settings(pairs: dict[str, dict], direct_pairs: list[str], pair: str, wh
     return pairs[pair]
 
 
-def pair_output(pair_cfg: dict | None, stem: str) -> str:
+def pair_output(pair_cfg: dict | None, stem: str, where: str = "the pair") -> str:
     """A pair's output: stem.gguf, or the folder `stem` of its shards when the pair sets SPLIT_MAX_SIZE or
     SPLIT_MAX_TENSORS."""
-    return stem if pair_cfg and split_arguments(pair_cfg) else f"{stem}.gguf"
+    return stem if pair_cfg and split_arguments(pair_cfg, where) else f"{stem}.gguf"
 
 
 def default_outputs(pairs: dict[str, dict], model: str, out: str, validate: bool) -> list[str]:
@@ -417,8 +417,7 @@ def pair_target(converter_dir: str | Path, pair: str) -> str:
     if not precision:
         raise ConfigError(f"{path}: PRECISION is missing or empty")
     outputs = str(general.get("OUTPUTS_DIR") or "outputs").rstrip("/")
-    suffix = "" if split_arguments(pair_cfg, str(path)) else ".gguf"
-    return f"{outputs}/{pair}/{general['MODEL_NAME']}-{precision}{suffix}"
+    return pair_output(pair_cfg, f"{outputs}/{pair}/{general['MODEL_NAME']}-{precision}", str(path))
 
 
 if __name__ == "__main__":  # python scripts/pipeline.py target CONVERTER_DIR PAIR

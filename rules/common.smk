@@ -65,18 +65,45 @@ wildcard_constraints:
     precision=PRECISION_RE,
 
 
+MODEL_NAMES = pipeline.model_names(config["MODEL_NAME"])
+# delete a model's intermediate once every output made from it is made, unless KEEP_INTERMEDIATE (rules/convert.smk)
+KEEP_INTERMEDIATE = config["KEEP_INTERMEDIATE"]
+HUB_UPLOAD = config["HUB_UPLOAD"]
+if HUB_UPLOAD and not config["VALIDATE"]:
+    raise WorkflowError(
+        f"{CONFIG_FILE}: HUB_UPLOAD publishes only validated outputs, and VALIDATE is false."
+        " Set VALIDATE: true, or remove HUB_UPLOAD"
+    )
+
+
 def default_targets():
     """The default target (rule all), with a note for pairs that need no conversion."""
     for pair in DIRECT_PAIRS:
-        message = pipeline.direct_framework_message(pair, MODELS, config["MODEL_NAME"])
-        print(message, file=sys.stderr)
+        for model in MODEL_NAMES:
+            message = pipeline.direct_framework_message(pair, MODELS, model)
+            print(message, file=sys.stderr)
     return default_outputs()
 
 
 def default_outputs():
-    """Each pair's GGUF for MODEL_NAME, its checksum and validation (pipeline.default_outputs)."""
-    model = config["MODEL_NAME"]
-    return pipeline.default_outputs(PAIRS, model, OUT, config["VALIDATE"])
+    """Each pair's GGUF for every model of MODEL_NAME, its checksum and validation (pipeline.default_outputs),
+    and, with HUB_UPLOAD, each model's publication record (rules/publish.smk)."""
+    validate = config["VALIDATE"]
+    outputs = pipeline.default_outputs(PAIRS, MODEL_NAMES, OUT, validate)
+    if HUB_UPLOAD and PAIRS:
+        outputs += [published(model) for model in MODEL_NAMES]
+    return outputs
+
+
+def keep_if(keep, path):
+    """path, or temp(path): Snakemake deletes it once every job that needs it is done."""
+    return path if keep else temp(path)
+
+
+def published(model):
+    """The record of what was published for the model (rules/publish.smk), with the Hub repository, commit and
+    files."""
+    return f"{OUT}/published/{model}.json"
 
 
 # --- input functions --------------------------------------------------------------------------------------------
@@ -188,6 +215,13 @@ def model_size_mb(wildcards):
     if hub_pending(wildcards.model):
         return 0
     return stop_on_config_error(jobs.model_size_mb, MODELS, wildcards.model)
+
+
+def publish_inputs(wildcards):
+    """What is published for a model (rules/publish.smk), every pair's validated output with its .sha256 and
+    .json."""
+    outputs = pipeline.default_outputs(PAIRS, [wildcards.model], OUT, validate=True)
+    return [p for p in outputs if not p.startswith(f"{OUT}/report/")]
 
 
 def script_path(name):

@@ -11,7 +11,8 @@ rule convert:
         fingerprint=model_fingerprint,
         env=reference_env,
     output:
-        f"{OUT}/intermediate/{{model}}-{{ftype}}.gguf",
+        # KEEP_INTERMEDIATE: false = deleted once every job that reads it is done (README: "Disk")
+        keep_if(KEEP_INTERMEDIATE, f"{OUT}/intermediate/{{model}}-{{ftype}}.gguf"),
     log:
         f"{LOGS}/convert/{{model}}-{{ftype}}.log",
     wildcard_constraints:

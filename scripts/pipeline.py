@@ -179,14 +179,23 @@ def pair_output(pair_cfg: dict | None, stem: str, where: str = "the pair") -> st
     return stem if pair_cfg and split_arguments(pair_cfg, where) else f"{stem}.gguf"
 
 
-def default_outputs(pairs: dict[str, dict], model: str, out: str, validate: bool) -> list[str]:
-    """The default target: each pair's output for the model, its .gguf.sha256 and, when validating, its .json
-    and the report's plot."""
-    stems = {pair: f"{out}/{pair}/{model}-{cfg['PRECISION']}" for pair, cfg in pairs.items()}
-    outputs = [pair_output(pairs[pair], stem) for pair, stem in stems.items()]
-    outputs += [f"{stem}.gguf.sha256" for stem in stems.values()]
+def model_names(value) -> list[str]:
+    """MODEL_NAME as a list: one name, or the batch's names."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def default_outputs(pairs: dict[str, dict], models: list[str], out: str, validate: bool) -> list[str]:
+    """The default target: for each model, each pair's output, its .gguf.sha256 and, when validating, its .json;
+    then the report's plot (one for the batch)."""
+    stems = [f"{out}/{pair}/{model}-{cfg['PRECISION']}" for model in models for pair, cfg in pairs.items()]
+    outputs = []
+    for model in models:
+        mine = {pair: f"{out}/{pair}/{model}-{cfg['PRECISION']}" for pair, cfg in pairs.items()}
+        outputs += [pair_output(pairs[pair], stem) for pair, stem in mine.items()]
+        outputs += [f"{stem}.gguf.sha256" for stem in mine.values()]
+        outputs += [f"{stem}.json" for stem in mine.values()] if validate else []
     if validate and stems:
-        outputs += [f"{stem}.json" for stem in stems.values()] + [f"{out}/report/size_vs_kld.png"]
+        outputs.append(f"{out}/report/size_vs_kld.png")
     return outputs
 
 
@@ -389,14 +398,51 @@ def validation_summary(report: dict) -> str:
             f"PPL {report['perplexity']:.2f}, converted by {report.get('converter', 'hf2gguf')}")
 
 
-def print_summary(paths: list[str]) -> None:
-    """One line on stderr per validation report (.json) among paths that exists: the end of a successful run."""
+def failed_jobs(snakemake_log: str | None) -> list[tuple[str, str, str]]:
+    """(rule, output, log) of each "Error in rule" block of a Snakemake log file."""
+    try:
+        text = Path(snakemake_log).read_text(errors="replace") if snakemake_log else ""
+    except OSError:
+        text = ""
+    failed = []
+    for block in re.findall(r"^Error in rule (\S+):\n((?:[ \t]+.*\n?)*)", text, re.M):
+        rule, body = block
+        field = {k: v.strip() for k, v in re.findall(r"^\s{4}(\w+): (.*)$", body, re.M)}
+        log = re.sub(r" \(check log file.*", "", field.get("log", "")) or "(none)"
+        failed.append((rule.rstrip(":"), field.get("output", ""), log))
+    return list(dict.fromkeys(failed))
+
+
+def print_summary(paths: list[str], snakemake_log: str | None = None) -> None:
+    """The end of a run, on stderr: one line per validation report (.json) among paths that exists; then, after a
+    failure (snakemake_log given: onerror, e.g. with --keep-going), the jobs that failed with their logs, and the
+    outputs that were not made."""
     import sys
 
+    def say(line=""):
+        print(line, file=sys.stderr)
+
     for path in paths:
-        if path.endswith(".json") and os.path.exists(path):
+        if path.endswith(".json") and os.path.exists(path) and "/published/" not in path:
             with open(path) as f:
-                print(validation_summary(json.load(f)), file=sys.stderr)
+                say(validation_summary(json.load(f)))
+    if snakemake_log is None:
+        return
+    if not isinstance(snakemake_log, str):  # onerror's log: Snakemake 9 gives a list of its log files
+        snakemake_log = next((str(p) for p in snakemake_log if str(p).endswith(".snakemake.log")), None)
+    failed = failed_jobs(snakemake_log)
+    missing = [p for p in paths if not os.path.exists(p)]
+    made = [p for p in paths if p.endswith(".json") and p not in missing and "/published/" not in p]
+    say(f"\n{len(paths) - len(missing)} of {len(paths)} targets made ({len(made)} outputs validated); "
+        f"{len(failed)} job(s) failed:")
+    for rule, output, log in failed:
+        say(f"  FAILED rule {rule}: {output or '(no output)'}\n    log: {log}")
+    shown = [p for p in missing if not p.endswith((".sha256", ".json"))]
+    for path in shown[:20]:
+        say(f"  not made: {path}" + (" (nor its .sha256 and .json)" if path.endswith(".gguf") else ""))
+    if len(shown) > 20:
+        say(f"  ... and {len(shown) - 20} more not made")
+    say(f"Snakemake's log of this run: {snakemake_log}")
 
 
 def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str:

@@ -50,13 +50,26 @@ def plot(rows, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def overview(rows) -> str:
+    """The batch at a glance: a row per model, a column per pair; each cell the precision, size and KLD."""
+    pairs = sorted({r["pair"] for r in rows})
+    cells = {(r["model"], r["pair"]): f"{r['precision']} · {r['file_bytes'] / 1e6:.1f} MB · KLD {r['kl_divergence']:.4f}"
+             for r in rows}
+    head = "<th>model</th>" + "".join(f"<th>{html.escape(p)}</th>" for p in pairs)
+    body = "".join(f"<tr><td>{html.escape(m)}</td>" + "".join(
+        f"<td>{html.escape(cells.get((m, p), '—'))}</td>" for p in pairs) + "</tr>"
+        for m in sorted({r["model"] for r in rows}))
+    return f"<table border='1'><tr>{head}</tr>{body}</table>"
+
+
 def table(rows, out: Path) -> None:
     cols = ["pair", "model", "precision", "file_bytes", "bits_per_weight", "kl_divergence", "top1_agreement",
             "perplexity", "loaded", "wall_seconds", "llama_cpp_build", "converter"]
     head = "".join(f"<th>{c}</th>" for c in cols + ["tensors_by_type"])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for c in cols) +
                    f"<td>{html.escape(json.dumps(r['tensors_by_type']))}</td></tr>" for r in rows)
-    out.write_text(f"<html><body><table border='1'><tr>{head}</tr>{body}</table></body></html>\n")
+    out.write_text(f"<html><body><h3>Models × pairs</h3>{overview(rows)}<h3>Every output</h3>"
+                   f"<table border='1'><tr>{head}</tr>{body}</table></body></html>\n")
 
 
 def main(argv=None) -> int:

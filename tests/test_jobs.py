@@ -134,12 +134,23 @@ def test_load_pairs_names_the_bad_pair(tmp_path, pairs, message):
 
 def test_default_outputs():
     pairs = {"A_LLM_LLAMA": {"PRECISION": "Q4_0"}, "B_LLM_LLAMA": {"PRECISION": "F16", "SPLIT_MAX_TENSORS": 9}}
-    assert pipeline.default_outputs(pairs, "m", "out", validate=False) == [
+    assert pipeline.default_outputs(pairs, ["m"], "out", validate=False) == [
         "out/A_LLM_LLAMA/m-Q4_0.gguf", "out/B_LLM_LLAMA/m-F16",  # the folder of a split pair's shards
         "out/A_LLM_LLAMA/m-Q4_0.gguf.sha256", "out/B_LLM_LLAMA/m-F16.gguf.sha256"]
-    validated = pipeline.default_outputs(pairs, "m", "out", validate=True)
+    validated = pipeline.default_outputs(pairs, ["m"], "out", validate=True)
     assert validated[4:] == ["out/A_LLM_LLAMA/m-Q4_0.json", "out/B_LLM_LLAMA/m-F16.json", "out/report/size_vs_kld.png"]
-    assert pipeline.default_outputs({}, "m", "out", validate=True) == []
+    assert pipeline.default_outputs({}, ["m"], "out", validate=True) == []
+
+
+def test_a_batch_builds_every_model_for_every_pair_with_one_report():
+    pairs = {"A_LLM_LLAMA": {"PRECISION": "Q4_0"}, "B_LLM_LLAMA": {"PRECISION": "F16"}}
+    models = pipeline.model_names(["m1", "m2", "m3"])
+    outputs = pipeline.default_outputs(pairs, models, "out", validate=True)
+    assert [o for o in outputs if o.endswith(".gguf")] == [
+        f"out/{p}/{m}-{q}.gguf" for m in ("m1", "m2", "m3") for p, q in (("A_LLM_LLAMA", "Q4_0"), ("B_LLM_LLAMA", "F16"))]
+    assert len([o for o in outputs if o.endswith(".json")]) == 6 and len(set(outputs)) == len(outputs) == 6 * 3 + 1
+    assert [o for o in outputs if "report" in o] == ["out/report/size_vs_kld.png"]
+    assert pipeline.model_names("m1") == ["m1"]
 
 
 def test_pair_settings_explain_a_pair_without_a_gguf():

@@ -27,6 +27,7 @@ include: "rules/toolchain.smk"
 include: "rules/convert.smk"
 include: "rules/quantize.smk"
 include: "rules/validate.smk"
+include: "rules/publish.smk"
 
 
 onstart:
@@ -40,3 +41,4 @@ onsuccess:
 
 onerror:
     slurm_retries()
+    pipeline.print_summary(default_outputs(), log)

@@ -119,9 +119,21 @@ def intermediate(model, ftype):
 
 def full_precision(wildcards):
     """The model's full-precision intermediate: the reference of every validation."""
-    setting = config["INTERMEDIATE_TYPE"]
-    ftype = pipeline.intermediate_type(MODELS, wildcards.model, setting)
-    return intermediate(wildcards.model, ftype)
+    model = wildcards.model
+    return intermediate(model, intermediate_type(model, hub_pending(model)))
+
+
+# Once per model and run (a batch of 200 models has thousands of jobs): the type from the safetensors headers
+# (provisional for a Hub model not downloaded yet, hence the key), and the check that the model folder holds what
+# conversion reads.
+@functools.cache
+def intermediate_type(model, pending):
+    return pipeline.intermediate_type(MODELS, model, config["INTERMEDIATE_TYPE"])
+
+
+@functools.cache
+def checked_model(model):
+    return stop_on_config_error(pipeline.model_files, MODELS, model)
 
 
 def pair_output_inputs(wildcards, split=False):
@@ -135,7 +147,7 @@ def pair_output_inputs(wildcards, split=False):
     cfg = stop_on_config_error(pipeline.pair_settings, *pairs)
     source = stop_on_config_error(jobs.output_source, cfg, wildcards.precision, where)
     if not hub_pending(model):  # else: checked once downloaded (model_ready)
-        stop_on_config_error(pipeline.model_files, MODELS, model)
+        checked_model(model)
     if source.copy_of:
         inputs = {"gguf": intermediate(model, source.copy_of)}
     else:

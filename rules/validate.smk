@@ -82,7 +82,11 @@ rule checksum:
 
 rule plot:
     input:
-        lambda w: [p for p in default_outputs() if p.endswith(".json")],
+        lambda w: [
+            p
+            for p in default_outputs()
+            if p.endswith(".json") and not p.startswith(f"{OUT}/published/")
+        ],
     output:
         plot=report(
             f"{OUT}/report/size_vs_kld.png",

@@ -3,8 +3,10 @@
 
     python scripts/hub_download.py REPO_ID models/NAME [--revision REV]
 
-Downloads config.json, generation_config.json, the safetensors weights with their index and the tokenizer
-files (never pickle weights) with huggingface_hub.snapshot_download into a temporary folder beside the target,
+Downloads config.json, generation_config.json, the safetensors weights with their index, the tokenizer files
+(never pickle weights) and the model card README.md (whose license scripts/hub_publish.py carries over; our converter
+ignores it, llama.cpp's takes general.* metadata from its header as in any clone of the repository) with
+huggingface_hub.snapshot_download into a temporary folder beside the target,
 records the resolved commit in .hf2gguf-source.json, and renames the folder into place when complete. A folder
 that already exists and was not made by this script (a model placed by hand) is never touched. Honours
 HF_ENDPOINT, HF_TOKEN, HF_HOME and HF_HUB_OFFLINE.
@@ -20,7 +22,7 @@ from pathlib import Path
 SOURCE_FILE = ".hf2gguf-source.json"
 PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-            "vocab.json", "merges.txt", "tokenizer.model", "*.tiktoken"]
+            "vocab.json", "merges.txt", "tokenizer.model", "*.tiktoken", "README.md"]
 PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Benchmark: our converter against llama.cpp's convert_hf_to_gguf.py and cp, and the workflow end to end.
+"""Benchmark: our converter against llama.cpp's convert_hf_to_gguf.py and cp; the workflow end to end against
+serial loops, with where its time goes; and the job graph and no-op rerun of batches of 10, 50 and 200 models.
 
-    python scripts/dev/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow] [--models NAME ...]
+    python scripts/dev/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow|scale]
+                                    [--models NAME ...]
 
 Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
 reported as medians and as ratios, since machines are noisy. Assets are made locally and cached under
@@ -16,6 +18,7 @@ the toolchain cache (python scripts/llama_toolchain.py builds it).
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -299,7 +302,12 @@ def workflow_copy(dest: Path) -> Path:
     return dest
 
 
+def snakemake_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--cores", str(os.cpu_count() or 1), *args]
+
+
 def bench_workflow(cache: Path, repeat: int, reference: bool) -> list[str]:
+    """The workflow against serial loops on one model for 4 pairs, and where the workflow's time goes."""
     lines = []
     model = checkpoint(cache, "gpt2-small-f32")
     quantize = llama_toolchain.build(["llama-quantize"]) / "llama-quantize"
@@ -308,16 +316,14 @@ def bench_workflow(cache: Path, repeat: int, reference: bool) -> list[str]:
         wf = workflow_copy(Path(tmp) / "wf")
         (wf / "models").mkdir()
         (wf / "models/bench").symlink_to(model)
-        for pair, precision in PAIRS.items():
-            (wf / "configurations" / pair).mkdir(parents=True)
-            (wf / "configurations" / pair / f"converter_args_{pair.lower()}.yaml").write_text(f"PRECISION: {precision}\n")
+        write_pairs(wf)
         # conversion and quantization only, as the serial flow does: no validation
         (wf / "configurations/converter_args.yaml").write_text("MODEL_NAME: bench\nVALIDATE: false\n")
         env = {**os.environ, "LLAMA_QUANTIZE": str(quantize)}
 
         def parallel():
             shutil.rmtree(wf / "outputs", ignore_errors=True)
-            return run([sys.executable, "-m", "snakemake", "--cores", threads, "--quiet"], cwd=wf, env=env)
+            return run(snakemake_cmd("--quiet"), cwd=wf, env=env)
 
         def serial(converter):  # the CECAIServe way: for each pair, convert, then quantize
             def flow():
@@ -340,36 +346,129 @@ def bench_workflow(cache: Path, repeat: int, reference: bool) -> list[str]:
                 return time.perf_counter() - start, 0.0
             return inner
 
+        floor = median_of(repeat, lambda: run(snakemake_cmd("--list-rules"), cwd=wf, env=env))[0]
+        if floor > 5:
+            print(f"warning: `snakemake --list-rules` takes {floor:.1f} s here. With a Slurm client installed and no "
+                  "slurmctld answering, the Slurm executor plugin's import waits about 10 s in scontrol (README, "
+                  "Troubleshooting): start the test cluster (tests/slurm/cluster.sh start) to measure the "
+                  "workflow itself", file=sys.stderr, flush=True)
         p, s = median_of(repeat, parallel)[0], median_of(repeat, timed(serial(ours)))[0]
         lines.append(f"4 pairs x 4 precisions of gpt2-small-f32, median of {repeat}:")
-        lines.append(f"  workflow (convert once, quantize in parallel)       {p:6.2f} s")
-        lines.append(f"  serial per pair, our converter, then llama-quantize {s:6.2f} s  workflow/serial = {p / s:.2f}")
+        lines.append(f"  workflow (convert once, then quantize)             {p:6.2f} s")
+        lines.append(f"  serial per pair, our converter, then llama-quantize {s:6.2f} s  workflow/serial = {p / s:.2f} "
+                     "(goal < 1)")
         if reference:
             r = median_of(repeat, timed(serial(ref)))[0]
             lines.append(f"  serial per pair, llama.cpp's converter (CECAIServe) {r:6.2f} s  workflow/serial = "
                          f"{p / r:.2f} (goal <= 0.5)")
         print("\n".join(lines), flush=True)
-
-        # no-op rerun: 10 models x 4 pairs
-        for i in range(10):
-            (wf / f"models/m{i}").symlink_to(ROOT / "models/tiny-gpt2")
-        targets = [f"outputs/{pair}/m{i}-{precision}.gguf" for i in range(10) for pair, precision in PAIRS.items()]
-        run([sys.executable, "-m", "snakemake", "--cores", threads, *targets], cwd=wf, env=env)
-        noop = median_of(repeat, lambda: run([sys.executable, "-m", "snakemake", "--cores", threads, *targets],
-                                             cwd=wf, env=env))[0]
-        floor = median_of(repeat, lambda: run([sys.executable, "-m", "snakemake", "--list-rules"], cwd=wf,
-                                              env=env))[0]
-        lines.append(f"no-op rerun, 10 models x 4 pairs: {noop:.2f} s (goal <= 2.5; snakemake --list-rules: "
-                     f"{floor:.2f} s)")
-        print(lines[-1], flush=True)
+        lines += breakdown(wf, env, repeat, p, floor)
     return lines
+
+
+def write_pairs(wf: Path) -> None:
+    for pair, precision in PAIRS.items():
+        (wf / "configurations" / pair).mkdir(parents=True)
+        (wf / "configurations" / pair / f"converter_args_{pair.lower()}.yaml").write_text(f"PRECISION: {precision}\n")
+
+
+def breakdown(wf: Path, env: dict, repeat: int, total: float, floor: float) -> list[str]:
+    """The workflow's time, job by job: each job's command as its rule runs it, timed alone, against the whole run
+    (whose outputs are there from the last repetition); what is left is Snakemake's own work."""
+    out = wf / "outputs"
+    quantize = env["LLAMA_QUANTIZE"]
+    threads = "2"  # the rules' threads (profiles/default)
+    f16 = out / "intermediate/bench-F16.gguf"
+    scratch = wf / "scratch"
+    scratch.mkdir(exist_ok=True)
+    jobs = {"snakemake -n (start-up, configuration, job graph)": snakemake_cmd("-n", "--quiet"),
+            "convert (scripts/convert.py, 4 threads)": [
+                sys.executable, "scripts/convert.py", "models/bench", "-o", scratch / "c.gguf", "--outtype", "F16",
+                "--threads", "4", "--fingerprint", out / "fingerprints/bench.json"]}
+    for pair, precision in PAIRS.items():
+        jobs[f"quantize {precision} (scripts/quantize.py)"] = [
+            sys.executable, "scripts/quantize.py", f16, scratch / f"{pair}.gguf", precision, "--threads", threads,
+            "--llama-quantize", quantize]
+        jobs[f"  of which llama-quantize {precision} alone"] = [quantize, f16, scratch / "q.gguf", precision, threads]
+    jobs["checksum x 4 (sha256sum)"] = ["sh", "-c", "sha256sum outputs/*_LLAMA/*.gguf"]
+    times = {name: median_of(repeat, lambda cmd=cmd: run(cmd, cwd=wf, env=env))[0] for name, cmd in jobs.items()}
+    lines = [f"where the workflow's {total:.2f} s go (each job's command alone, median of {repeat}):"]
+    for name, t in times.items():
+        lines.append(f"  {name:<52} {t:6.2f} s")
+    jobs_total = sum(t for name, t in times.items() if not name.startswith(("  ", "snakemake")))
+    wrappers = sum(times[f"quantize {q} (scripts/quantize.py)"] - times[f"  of which llama-quantize {q} alone"]
+                   for q in PAIRS.values())
+    lines.append(f"  sum of the jobs {jobs_total:.2f} s (the quantize script's own share {wrappers:.2f} s); "
+                 f"Snakemake's start-up {times['snakemake -n (start-up, configuration, job graph)']:.2f} s "
+                 f"(of which the bare CLI, --list-rules, {floor:.2f} s); the rest, scheduling and bookkeeping "
+                 f"between jobs: {total - jobs_total - times['snakemake -n (start-up, configuration, job graph)']:.2f} s")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def bench_scale(repeat: int, counts=(10, 50, 200)) -> list[str]:
+    """The job graph of a batch (MODEL_NAME as a list of N models x 4 pairs, with validation) and a no-op rerun.
+    The models are links to the bundled tiny-gpt2; for the no-op, every output of model 0, built for real, is
+    linked under each other model's names, so that the rerun has the whole batch to check."""
+    lines = [f"a batch of N models x 4 pairs, with validation (median of {repeat}):"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            wf = workflow_copy(Path(tmp) / f"wf{n}")
+            write_pairs(wf)
+            (wf / "models").mkdir()
+            names = [f"m{i:03d}" for i in range(n)]
+            for name in names:
+                (wf / "models" / name).symlink_to(ROOT / "models/tiny-gpt2")
+            (wf / "configurations/converter_args.yaml").write_text(f"MODEL_NAME: [{', '.join(names)}]\n")
+            env = {**os.environ}
+            dag = median_of(repeat, lambda: run(snakemake_cmd("-n", "--quiet"), cwd=wf, env=env))[0]
+            jobs = subprocess.run(snakemake_cmd("-n"), cwd=wf, env=env, capture_output=True, text=True).stdout
+            count = re.search(r"^total\s+(\d+)", jobs, re.M)
+            build = subprocess.run(snakemake_cmd(*default_targets(names[0]), "--quiet"), cwd=wf, env=env,
+                                   capture_output=True, text=True)
+            if build.returncode:
+                raise SystemExit(f"building {names[0]} failed:\n{build.stdout[-2000:]}{build.stderr[-4000:]}")
+            link_outputs(wf / "outputs", names[0], names[1:])
+            report = subprocess.run(snakemake_cmd("outputs/report/size_vs_kld.png", "--quiet"), cwd=wf, env=env,
+                                    capture_output=True, text=True)  # the batch's report, from every validation
+            if report.returncode:
+                raise SystemExit(f"the report of {n} models failed:\n{report.stdout[-2000:]}{report.stderr[-4000:]}")
+            check = subprocess.run(snakemake_cmd("-n"), cwd=wf, env=env, capture_output=True, text=True)
+            if "Nothing to be done" not in check.stdout + check.stderr:
+                raise SystemExit(f"the no-op rerun of {n} models has work to do:\n{check.stdout[-3000:]}")
+            noop = median_of(repeat, lambda: run(snakemake_cmd("--quiet"), cwd=wf, env=env))[0]
+            lines.append(f"  {n:4d} models ({count.group(1) if count else '?'} jobs): job graph (snakemake -n) "
+                         f"{dag:5.2f} s, no-op rerun {noop:5.2f} s")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def default_targets(model: str) -> list[str]:
+    """One model's outputs, checksums and validation reports (not the batch's report, which needs every model)."""
+    return [f"outputs/{pair}/{model}-{precision}{suffix}" for pair, precision in PAIRS.items()
+            for suffix in (".gguf", ".gguf.sha256", ".json")]
+
+
+def link_outputs(out: Path, model: str, others: list[str]) -> None:
+    """Hard links of model's outputs under the others' names, then every file's mtime in the order of the job
+    graph: inputs before what is made from them."""
+    made = [p for p in out.rglob(f"{model}*") if p.is_file() and "logs" not in p.parts and "fingerprints" not in
+            p.parts]
+    for path in made:
+        for other in others:
+            os.link(path, path.with_name(other + path.name[len(model):]))
+    order = ("/intermediate/", "/validation/", ".gguf", ".sha256", ".json")  # by the first that a path holds
+    past = time.time() - len(order)  # after the models' fingerprints, before now
+    for path in made:
+        rank = next(i for i, key in enumerate(order) if key in str(path))
+        os.utime(path, (past + rank, past + rank))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-reference", action="store_true", help="do not run llama.cpp's converter")
-    ap.add_argument("--only", choices=["converter", "workflow"])
+    ap.add_argument("--only", choices=["converter", "workflow", "scale"])
     ap.add_argument("--models", nargs="+", choices=[*SHAPES, *LLAMA_SHAPES, *DEEPSEEK_SHAPES],
                     default=[*SHAPES, *LLAMA_SHAPES, *DEEPSEEK_SHAPES],
                     help="the checkpoints of the converter benchmark (default: all)")
@@ -377,10 +476,12 @@ def main() -> None:
     cache = llama_toolchain.cache_root() / "bench"
     cache.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; numpy {np.__version__}", flush=True)
-    if a.only != "workflow":
+    if a.only in (None, "converter"):
         bench_converter(cache, a.repeat, not a.skip_reference, a.models)
-    if a.only != "converter":
+    if a.only in (None, "workflow"):
         bench_workflow(cache, a.repeat, not a.skip_reference)
+    if a.only in (None, "scale"):
+        bench_scale(a.repeat)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ rule quantize:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
     log:
         f"{LOGS}/quantize/{{pair}}/{{model}}-{{precision}}.log",
+    # before another model's conversion: a model's outputs are made, and its intermediate freed (KEEP_INTERMEDIATE:
+    # false), before the next model's intermediate is written (README: "Disk")
+    priority: 1
     group:
         "quantize"
     conda:
@@ -60,6 +63,7 @@ rule imatrix:
         f"{OUT}/imatrix/{{model}}.gguf",
     log:
         f"{LOGS}/imatrix/{{model}}.log",
+    priority: 1
     conda:
         "../envs/llama-cpp.yaml"
     container:

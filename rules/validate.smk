@@ -12,6 +12,7 @@ rule kld_base:
         f"{OUT}/validation/{{model}}.kld",
     log:
         f"{LOGS}/validation/{{model}}.kld.log",
+    priority: 1
     conda:
         "../envs/llama-cpp.yaml"
     container:

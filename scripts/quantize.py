@@ -103,7 +103,7 @@ def tensor_types(path: Path) -> dict[str, list[str]]:
 
     types: dict[str, list[str]] = {}
     for t in read_header(path)[1]:
-        types.setdefault(t.type.name, []).append(t.name)
+        types.setdefault(t.type_name, []).append(t.name)
     return types
 
 

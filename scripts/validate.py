@@ -79,7 +79,7 @@ def gguf_facts(path: Path) -> dict:
     tensors = [t for _, infos in headers for t in infos]
     params = sum(t.n_elements for t in tensors)
     data_bytes = sum(t.n_bytes for t in tensors)
-    types = collections.Counter(t.type.name for t in tensors)
+    types = collections.Counter(t.type_name for t in tensors)
     provenance = {k: v for k, v in headers[0][0].items() if k.startswith("hf2gguf.")}
     return {"file_bytes": sum(f.stat().st_size for f in files), "files": len(files), "parameters": params,
             "bits_per_weight": round(8 * data_bytes / params, 4),

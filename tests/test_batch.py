@@ -104,6 +104,7 @@ class DiskSampler:
 
     def __init__(self, root: Path):
         self.root, self.peak, self.seen, self.done = root, 0, {}, False
+        self.on_sample = lambda sizes: None
         self.thread = threading.Thread(target=self.sample, daemon=True)
 
     def sample(self):
@@ -112,6 +113,7 @@ class DiskSampler:
             self.peak = max(self.peak, sum(sizes.values()))
             for path, size in sizes.items():
                 self.seen[path] = max(size, self.seen.get(path, 0))
+            self.on_sample(sizes)
             time.sleep(0.001)
 
     def __enter__(self):
@@ -156,4 +158,21 @@ def test_without_keep_intermediate_the_intermediates_go_and_the_peak_disk_formul
     jobs = snakemake(wf).jobs()
     assert jobs["convert"] == 1 and jobs["quantize"] >= 1, jobs
     assert (wf / f"outputs/{pair}/tiny-gpt2-Q5_0.gguf").exists()
+    assert not list((wf / "outputs/intermediate").glob("*.gguf"))
+
+
+def test_a_batch_frees_each_models_intermediate_before_converting_many_more(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    models = ["m1", "m2", "m3", "m4"]
+    for name in models:
+        linked_copy(TINY, wf / "models" / name)
+    set_config(wf, MODEL_NAME=models, KEEP_INTERMEDIATE=False, VALIDATE=False)
+    held = []  # at each sample, the models whose intermediates are on disk
+    with DiskSampler(wf / "outputs") as disk:
+        disk.on_sample = lambda sizes: held.append({Path(p).name.lstrip(".").split("-")[0] for p in sizes
+                                                    if "/intermediate/" in p and ".gguf" in p})  # or its .tmp
+        snakemake(wf, "--cores", "1")
+    assert set().union(*held) == set(models), "the sampler missed the intermediates"
+    # a model's outputs are made (rule priorities) before more than one other model is converted
+    assert max(len(h) for h in held) <= 2, max(held, key=len)
     assert not list((wf / "outputs/intermediate").glob("*.gguf"))

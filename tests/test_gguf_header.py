@@ -3,10 +3,11 @@ on our converter's output and on llama-quantize's."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import gguf
 import pytest
-from conftest import TINY
+from conftest import ROOT, TINY
 
 from hf2gguf.convert import convert
 from hf2gguf.gguf_header import read_header
@@ -43,3 +44,22 @@ def test_a_damaged_file_raises_value_error(ggufs, tmp_path, damage):
     bad.write_bytes(raw[:5000] if damage == "truncated" else b"GGML" + raw[4:])
     with pytest.raises(ValueError, match="bad.gguf: not a readable GGUF header"):
         read_header(bad)
+
+
+def test_full_precision_ids_are_ggmls():
+    from hf2gguf.gguf_header import FULL_PRECISION
+
+    assert {i: gguf.GGMLQuantizationType(i).name for i in FULL_PRECISION} == FULL_PRECISION
+
+
+def test_a_quantize_job_reads_a_full_precision_header_without_importing_gguf(ggufs):
+    """0.13 s per job: the quantize script lists an F16 intermediate's tensor types with the standard library."""
+    code = ("import sys; sys.path.insert(0, 'scripts'); import quantize; from pathlib import Path; "
+            f"print(sorted(quantize.tensor_types(Path({str(ggufs[1])!r})))); print('gguf' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["['F16', 'F32']", "False"], out
+
+
+def test_other_types_are_named_by_gguf(ggufs):
+    types = {t.type_name for t in read_header(ggufs[-1])[1]}
+    assert {"Q4_K", "Q6_K", "F32"} <= types

@@ -98,7 +98,8 @@ def test_the_html_report_has_the_plot_table_and_dag(built, tmp_path):
     wf, _ = built
     plot = wf / "outputs/report/size_vs_kld.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (wf / "outputs/report/validation.html").read_text()
+    overview, table = (wf / "outputs/report/validation.html").read_text().split("<h3>Every output</h3>")
+    assert overview.count("<tr>") == 1 + 1  # the batch at a glance: a header and one model
     assert table.count("<tr>") == len(OUTPUTS) + 1 and "Q4_K_M" in table and "b11312 (0c1e570)" in table
     snakemake(wf, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()

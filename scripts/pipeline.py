@@ -450,20 +450,23 @@ def intermediate_type(models_dir: str, model: str, setting: str = "auto") -> str
     return full_precision_type(Path(models_dir) / model) if setting == "auto" else setting
 
 
-def pair_target(converter_dir: str | Path, pair: str) -> str:
-    """outputs/<PAIR>/<MODEL_NAME>-<PRECISION>.gguf for a CECAIServe Converter directory; the folder of its
-    shards, outputs/<PAIR>/<MODEL_NAME>-<PRECISION>, when the pair is split."""
+def pair_targets(converter_dir: str | Path, pair: str) -> list[str]:
+    """outputs/<PAIR>/<MODEL_NAME>-<PRECISION>.gguf for a CECAIServe Converter directory, one per model when
+    MODEL_NAME is a list; the folder of its shards, outputs/<PAIR>/<MODEL_NAME>-<PRECISION>, when the pair is
+    split."""
     root = Path(converter_dir)
     general = load_yaml(root / "configurations" / "converter_args.yaml")
-    if not general.get("MODEL_NAME"):
-        raise ConfigError(f"{root}/configurations/converter_args.yaml: MODEL_NAME is missing or empty")
+    names = general.get("MODEL_NAME")
+    if not names or not isinstance(names, (str, list)) or not all(isinstance(n, str) and n for n in model_names(names)):
+        raise ConfigError(f"{root}/configurations/converter_args.yaml: MODEL_NAME must be a model folder's name or a "
+                          "list of them")
     path = pair_yaml(root / "configurations", pair)
     pair_cfg = load_yaml(path)
     precision = pair_cfg.get("PRECISION")
     if not precision:
         raise ConfigError(f"{path}: PRECISION is missing or empty")
     outputs = str(general.get("OUTPUTS_DIR") or "outputs").rstrip("/")
-    return pair_output(pair_cfg, f"{outputs}/{pair}/{general['MODEL_NAME']}-{precision}", str(path))
+    return [pair_output(pair_cfg, f"{outputs}/{pair}/{model}-{precision}", str(path)) for model in model_names(names)]
 
 
 if __name__ == "__main__":  # python scripts/pipeline.py target CONVERTER_DIR PAIR
@@ -472,6 +475,6 @@ if __name__ == "__main__":  # python scripts/pipeline.py target CONVERTER_DIR PA
     if len(sys.argv) != 4 or sys.argv[1] != "target":
         sys.exit("usage: python scripts/pipeline.py target CONVERTER_DIR PAIR")
     try:
-        print(pair_target(sys.argv[2], sys.argv[3]))
+        print("\n".join(pair_targets(sys.argv[2], sys.argv[3])))
     except ConfigError as e:
         sys.exit(f"error: {e}")

@@ -191,3 +191,17 @@ def test_tool_path(tmp_path):
         assert llama_toolchain.tool_path("llama-quantize", str(quantize), from_env, "tc/bin", "e") == str(quantize)
         assert llama_toolchain.tool_path("llama-imatrix", str(quantize), from_env, "tc/bin", "e") == \
             str(tmp_path / "llama-imatrix")
+
+
+def test_the_cecaiserve_entry_point_builds_each_model_of_a_list(tmp_path):
+    (tmp_path / "configurations/GPU_LLM_LLAMA").mkdir(parents=True)
+    (tmp_path / "configurations/GPU_LLM_LLAMA/converter_args_gpu_llm_llama.yaml").write_text("PRECISION: Q4_K_M\n")
+    general = tmp_path / "configurations/converter_args.yaml"
+    general.write_text("MODEL_NAME: [a, b]\n")
+    assert pipeline.pair_targets(tmp_path, "GPU_LLM_LLAMA") == ["outputs/GPU_LLM_LLAMA/a-Q4_K_M.gguf",
+                                                               "outputs/GPU_LLM_LLAMA/b-Q4_K_M.gguf"]
+    general.write_text("MODEL_NAME: a\nOUTPUTS_DIR: out/\n")
+    assert pipeline.pair_targets(tmp_path, "GPU_LLM_LLAMA") == ["out/GPU_LLM_LLAMA/a-Q4_K_M.gguf"]
+    general.write_text("MODEL_NAME: [a, 3]\n")
+    with pytest.raises(ConfigError, match="MODEL_NAME must be"):
+        pipeline.pair_targets(tmp_path, "GPU_LLM_LLAMA")

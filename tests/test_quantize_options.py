@@ -172,9 +172,9 @@ def test_cecaiserve_target_of_a_split_pair_is_its_folder(tmp_path):
     import pipeline
 
     wf = copy_workflow(tmp_path / "Converter")
-    assert pipeline.pair_target(wf, PAIR) == SINGLE
+    assert pipeline.pair_targets(wf, PAIR) == [SINGLE]
     set_pair(wf, "PRECISION: Q4_K_M\nSPLIT_MAX_SIZE: 2G\n")
-    assert pipeline.pair_target(wf, PAIR) == SPLIT
+    assert pipeline.pair_targets(wf, PAIR) == [SPLIT]
 
 
 # --- further llama-quantize arguments ---------------------------------------------------------------------------------

@@ -352,13 +352,16 @@ def bench_workflow(cache: Path, repeat: int, reference: bool) -> list[str]:
                   "slurmctld answering, the Slurm executor plugin's import waits about 10 s in scontrol (README, "
                   "Troubleshooting): start the test cluster (tests/slurm/cluster.sh start) to measure the "
                   "workflow itself", file=sys.stderr, flush=True)
-        p, s = median_of(repeat, parallel)[0], median_of(repeat, timed(serial(ours)))[0]
-        lines.append(f"4 pairs x 4 precisions of gpt2-small-f32, median of {repeat}:")
+        # interleaved, so that the machine's drift (other tenants, thermal) falls on every contender alike
+        contenders = [parallel, timed(serial(ours))] + ([timed(serial(ref))] if reference else [])
+        runs = [[c()[0] for c in contenders] for _ in range(repeat)]
+        p, s, *rest = (statistics.median(column) for column in zip(*runs))
+        lines.append(f"4 pairs x 4 precisions of gpt2-small-f32, median of {repeat}, interleaved:")
         lines.append(f"  workflow (convert once, then quantize)             {p:6.2f} s")
         lines.append(f"  serial per pair, our converter, then llama-quantize {s:6.2f} s  workflow/serial = {p / s:.2f} "
                      "(goal < 1)")
         if reference:
-            r = median_of(repeat, timed(serial(ref)))[0]
+            r = rest[0]
             lines.append(f"  serial per pair, llama.cpp's converter (CECAIServe) {r:6.2f} s  workflow/serial = "
                          f"{p / r:.2f} (goal <= 0.5)")
         print("\n".join(lines), flush=True)
@@ -390,7 +393,9 @@ def breakdown(wf: Path, env: dict, repeat: int, total: float, floor: float) -> l
             sys.executable, "scripts/quantize.py", f16, scratch / f"{pair}.gguf", precision, "--threads", threads,
             "--llama-quantize", quantize]
         jobs[f"  of which llama-quantize {precision} alone"] = [quantize, f16, scratch / "q.gguf", precision, threads]
-    jobs["checksum x 4 (sha256sum)"] = ["sh", "-c", "sha256sum outputs/*_LLAMA/*.gguf"]
+    jobs["checksum x 4 (sha256sum, 2 at a time)"] = [
+        "sh", "-c", "ls outputs/*_LLAMA/*.gguf | xargs -n 1 -P 2 sha256sum"]
+    jobs["  fingerprint, first run only (sha256 of the model)"] = ["sh", "-c", "sha256sum models/bench/*"]
     times = {name: median_of(repeat, lambda cmd=cmd: run(cmd, cwd=wf, env=env))[0] for name, cmd in jobs.items()}
     lines = [f"where the workflow's {total:.2f} s go (each job's command alone, median of {repeat}):"]
     for name, t in times.items():
@@ -398,10 +403,12 @@ def breakdown(wf: Path, env: dict, repeat: int, total: float, floor: float) -> l
     jobs_total = sum(t for name, t in times.items() if not name.startswith(("  ", "snakemake")))
     wrappers = sum(times[f"quantize {q} (scripts/quantize.py)"] - times[f"  of which llama-quantize {q} alone"]
                    for q in PAIRS.values())
-    lines.append(f"  sum of the jobs {jobs_total:.2f} s (the quantize script's own share {wrappers:.2f} s); "
-                 f"Snakemake's start-up {times['snakemake -n (start-up, configuration, job graph)']:.2f} s "
-                 f"(of which the bare CLI, --list-rules, {floor:.2f} s); the rest, scheduling and bookkeeping "
-                 f"between jobs: {total - jobs_total - times['snakemake -n (start-up, configuration, job graph)']:.2f} s")
+    startup = times["snakemake -n (start-up, configuration, job graph)"]
+    fingerprint = times["  fingerprint, first run only (sha256 of the model)"]
+    lines.append(f"  sum of the jobs {jobs_total:.2f} s (of which the quantize script's own share {wrappers:.2f} s); "
+                 f"Snakemake's start-up {startup:.2f} s (the bare CLI, --list-rules: {floor:.2f} s); the model's "
+                 f"fingerprint {fingerprint:.2f} s; the rest, Snakemake's scheduling and bookkeeping between jobs: "
+                 f"{total - jobs_total - startup - fingerprint:.2f} s")
     print("\n".join(lines), flush=True)
     return lines
 

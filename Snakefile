@@ -27,6 +27,7 @@ include: "rules/toolchain.smk"
 include: "rules/convert.smk"
 include: "rules/quantize.smk"
 include: "rules/validate.smk"
+include: "rules/speed.smk"
 include: "rules/publish.smk"
 
 

@@ -86,10 +86,11 @@ def default_targets():
 
 
 def default_outputs():
-    """Each pair's GGUF for every model of MODEL_NAME, its checksum and validation (pipeline.default_outputs),
-    and, with HUB_UPLOAD, each model's publication record (rules/publish.smk)."""
-    validate = config["VALIDATE"]
-    outputs = pipeline.default_outputs(PAIRS, MODEL_NAMES, OUT, validate)
+    """Each pair's GGUF for every model of MODEL_NAME, its checksum, validation and benchmark
+    (pipeline.default_outputs), and, with HUB_UPLOAD, each model's publication record (rules/publish.smk).
+    """
+    validate, benchmark = config["VALIDATE"], config["BENCHMARK"]
+    outputs = pipeline.default_outputs(PAIRS, MODEL_NAMES, OUT, validate, benchmark)
     if HUB_UPLOAD and PAIRS:
         outputs += [published(model) for model in MODEL_NAMES]
     return outputs

@@ -41,6 +41,7 @@ rule llama_cpp:
         perplexity=f"{TOOLCHAIN_BIN}/llama-perplexity",
         imatrix=f"{TOOLCHAIN_BIN}/llama-imatrix",
         gguf_split=f"{TOOLCHAIN_BIN}/llama-gguf-split",
+        bench=f"{TOOLCHAIN_BIN}/llama-bench",
     log:
         f"{LOGS}/toolchain/{os.path.basename(TOOLCHAIN)}.log",
     conda:
@@ -51,7 +52,7 @@ rule llama_cpp:
         script=script_path("llama_toolchain.py"),
     shell:
         "python {params.script:q} {params.flags} --jobs {threads} --dest $(dirname {output.quantize:q})"
-        " llama-quantize llama-perplexity llama-imatrix llama-gguf-split 2>&1 | tee {log:q}"
+        " llama-quantize llama-perplexity llama-imatrix llama-gguf-split llama-bench 2>&1 | tee {log:q}"
 
 
 # The environment of llama.cpp's converter (torch CPU, transformers; scripts/reference_converter.py), built only

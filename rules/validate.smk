@@ -83,16 +83,20 @@ rule checksum:
 
 rule plot:
     input:
-        lambda w: [
-            p
-            for p in default_outputs()
-            if p.endswith(".json") and not p.startswith(f"{OUT}/published/")
+        reports=lambda w: [
+            p for p in default_outputs() if pipeline.is_validation_report(p)
         ],
+        speed=lambda w: [p for p in default_outputs() if p.endswith(".speed.json")],
     output:
         plot=report(
             f"{OUT}/report/size_vs_kld.png",
             caption="report/size_vs_kld.rst",
             category="Quality",
+        ),
+        speed_plot=report(
+            f"{OUT}/report/kld_vs_speed.png",
+            caption="report/kld_vs_speed.rst",
+            category="Speed",
         ),
         table=report(
             f"{OUT}/report/validation.html",
@@ -107,4 +111,5 @@ rule plot:
         script=script_path("plot.py"),
         code=code_digest("plot.py"),
     shell:
-        "python {params.script:q} {input:q} --plot {output.plot:q} --table {output.table:q} > {log:q} 2>&1"
+        "python {params.script:q} {input.reports:q} --speed {input.speed:q} --plot {output.plot:q}"
+        " --speed-plot {output.speed_plot:q} --table {output.table:q} > {log:q} 2>&1"

@@ -56,6 +56,29 @@ def pair_resource(pair_cfg: dict, field: str, env: str | None = None) -> str | N
     return pair_cfg.get(field) or os.environ.get(env or "", "") or None
 
 
+# llama-bench's sizes when the pair sets none (rules/schemas/pair.schema.yaml has the same defaults): small, so
+# that the bundled tiny model adds seconds to a run; GPU pairs offload every layer unless GPU_LAYERS says otherwise.
+BENCH_DEFAULTS = {"BENCH_PROMPT": 64, "BENCH_GEN": 16, "BENCH_REPETITIONS": 3}
+ALL_LAYERS = 99
+
+
+def bench_settings(pair_cfg: dict) -> dict:
+    """The pair's benchmark settings: prompt and generated tokens, repetitions, and layers offloaded to the GPU
+    (GPU_LAYERS; unset = all of them when the pair asks for GPUs, else none)."""
+    settings = {k: pair_cfg.get(k) or v for k, v in BENCH_DEFAULTS.items()}
+    layers = pair_cfg.get("GPU_LAYERS")
+    settings["GPU_LAYERS"] = layers if layers is not None else (ALL_LAYERS if pair_cfg.get("GPUS") else 0)
+    return settings
+
+
+def bench_arguments(pair_cfg: dict) -> str:
+    """scripts/speed.py's options for the pair: a param of rule speed, so that changing one reruns exactly the
+    benchmarks of that pair."""
+    s = bench_settings(pair_cfg)
+    return (f"--prompt {s['BENCH_PROMPT']} --gen {s['BENCH_GEN']} --repetitions {s['BENCH_REPETITIONS']} "
+            f"--gpu-layers {s['GPU_LAYERS']}")
+
+
 def reference_arguments(converter: str, env: str | None, log: str) -> str:
     """scripts/reference_converter.py's --env (its environment's record, unless conda provides it) and --log
     (named in its errors), for the models llama.cpp's converter converts."""

@@ -184,9 +184,10 @@ def model_names(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def default_outputs(pairs: dict[str, dict], models: list[str], out: str, validate: bool) -> list[str]:
-    """The default target: for each model, each pair's output, its .gguf.sha256 and, when validating, its .json;
-    then the report's plot (one for the batch)."""
+def default_outputs(pairs: dict[str, dict], models: list[str], out: str, validate: bool,
+                    benchmark: bool = False) -> list[str]:
+    """The default target: for each model, each pair's output, its .gguf.sha256, when validating its .json and,
+    when benchmarking, its .speed.json; then the report's plot (one for the batch)."""
     stems = [f"{out}/{pair}/{model}-{cfg['PRECISION']}" for model in models for pair, cfg in pairs.items()]
     outputs = []
     for model in models:
@@ -194,6 +195,7 @@ def default_outputs(pairs: dict[str, dict], models: list[str], out: str, validat
         outputs += [pair_output(pairs[pair], stem) for pair, stem in mine.items()]
         outputs += [f"{stem}.gguf.sha256" for stem in mine.values()]
         outputs += [f"{stem}.json" for stem in mine.values()] if validate else []
+        outputs += [f"{stem}.speed.json" for stem in mine.values()] if benchmark else []
     if validate and stems:
         outputs.append(f"{out}/report/size_vs_kld.png")
     return outputs
@@ -398,6 +400,21 @@ def validation_summary(report: dict) -> str:
             f"PPL {report['perplexity']:.2f}, converted by {report.get('converter', 'hf2gguf')}")
 
 
+def speed_summary(speed: dict) -> str:
+    """A benchmark's figures (scripts/speed.py) in a few words."""
+    return f"pp {speed['prompt_tps']:.1f} t/s, tg {speed['generation_tps']:.1f} t/s"
+
+
+def speed_path(report_path: str) -> str:
+    """The benchmark (.speed.json) beside an output's validation report (.json)."""
+    return report_path[:-len(".json")] + ".speed.json"
+
+
+def is_validation_report(path: str) -> bool:
+    """A validation report (<model>-<PRECISION>.json) among the targets: not a benchmark or a publication record."""
+    return path.endswith(".json") and not path.endswith(".speed.json") and "/published/" not in path
+
+
 def failed_jobs(snakemake_log: str | None) -> list[tuple[str, str, str]]:
     """(rule, output, log) of each "Error in rule" block of a Snakemake log file."""
     try:
@@ -414,7 +431,8 @@ def failed_jobs(snakemake_log: str | None) -> list[tuple[str, str, str]]:
 
 
 def print_summary(paths: list[str], snakemake_log: str | None = None) -> None:
-    """The end of a run, on stderr: one line per validation report (.json) among paths that exists; then, after a
+    """The end of a run, on stderr: one line per validation report (.json) among paths that exists, with its
+    benchmark's figures (.speed.json) when there are; then, after a
     failure (snakemake_log given: onerror, e.g. with --keep-going), the jobs that failed with their logs, and the
     outputs that were not made."""
     import sys
@@ -422,17 +440,28 @@ def print_summary(paths: list[str], snakemake_log: str | None = None) -> None:
     def say(line=""):
         print(line, file=sys.stderr)
 
+    targets = set(paths)
     for path in paths:
-        if path.endswith(".json") and os.path.exists(path) and "/published/" not in path:
+        if is_validation_report(path) and os.path.exists(path):
             with open(path) as f:
-                say(validation_summary(json.load(f)))
+                line = validation_summary(json.load(f))
+            if os.path.exists(speed_path(path)):
+                with open(speed_path(path)) as f:
+                    line += ", " + speed_summary(json.load(f))
+            say(line)
+        elif path.endswith(".speed.json") and os.path.exists(path):
+            report = path[:-len(".speed.json")] + ".json"
+            if report not in targets:  # benchmarked, not validated: the figures on their own line
+                with open(path) as f:
+                    speed = json.load(f)
+                say(f"{speed['gguf']}: {speed_summary(speed)}")
     if snakemake_log is None:
         return
     if not isinstance(snakemake_log, str):  # onerror's log: Snakemake 9 gives a list of its log files
         snakemake_log = next((str(p) for p in snakemake_log if str(p).endswith(".snakemake.log")), None)
     failed = failed_jobs(snakemake_log)
     missing = [p for p in paths if not os.path.exists(p)]
-    made = [p for p in paths if p.endswith(".json") and p not in missing and "/published/" not in p]
+    made = [p for p in paths if is_validation_report(p) and p not in missing]
     say(f"\n{len(paths) - len(missing)} of {len(paths)} targets made ({len(made)} outputs validated); "
         f"{len(failed)} job(s) failed:")
     for rule, output, log in failed:

@@ -451,7 +451,7 @@ def print_summary(paths: list[str], snakemake_log: str | None = None) -> None:
             say(line)
         elif path.endswith(".speed.json") and os.path.exists(path):
             report = path[:-len(".speed.json")] + ".json"
-            if report not in targets:  # benchmarked, not validated: the figures on their own line
+            if report not in targets or not os.path.exists(report):  # benchmarked, not validated: on its own
                 with open(path) as f:
                     speed = json.load(f)
                 say(f"{speed['gguf']}: {speed_summary(speed)}")

@@ -7,6 +7,7 @@ node with one fake GPU and two partitions, debug and gpu). Jobs are checked in S
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -202,6 +203,21 @@ def test_gpu_pair_validation_requests_a_gpu(built):
         assert job["Account"] != "hf2gguf-gpu", job
     for report in reports:
         assert '"kl_divergence"' in (wf / report).read_text()
+
+
+def test_gpu_pair_benchmark_runs_on_its_partition_with_its_gpu(built):
+    """The benchmark (rule speed, llama-bench) runs where the file will run, as validation does: the GPU pair's
+    job on partition gpu and account hf2gguf-gpu, with its GPU, and every layer offloaded (-ngl 99)."""
+    wf = built[0]
+    target = f"outputs/{GPU}/{MODEL}-Q4_K_M.speed.json"
+    run = ok(snakemake(wf, target))
+    assert run.jobs() == {"speed": 1}, run.output[-3000:]
+    jobs = {rules_of(j): j for j in sacct(run, expect=1)}
+    job = jobs[f"rule_speed_wildcards_{GPU}_{MODEL}_Q4_K_M"]
+    assert "gres/gpu=1" in job["AllocTRES"], job
+    assert (job["Partition"], job["Account"]) == ("gpu", "hf2gguf-gpu"), job
+    speed = json.loads((wf / target).read_text())
+    assert speed["prompt_tps"] > 0 and speed["generation_tps"] > 0 and speed["n_gpu_layers"] == 99
 
 
 @pytest.fixture

@@ -138,7 +138,7 @@ def rules_with_envs() -> dict[str, tuple[str, list[str]]]:
 
 def test_each_rules_conda_env_provides_what_its_scripts_import():
     rules = rules_with_envs()
-    assert {"convert", "quantize", "imatrix", "kld_base", "validate", "checksum", "plot", "llama_cpp"} <= set(rules)
+    assert {"convert", "quantize", "imatrix", "kld_base", "validate", "speed", "checksum", "plot", "llama_cpp"} <= set(rules)
     for rule, (env, scripts) in rules.items():
         packages = env_packages(env)
         assert "python" in packages, (rule, env)
@@ -148,7 +148,7 @@ def test_each_rules_conda_env_provides_what_its_scripts_import():
                 assert PACKAGES[module] in packages, f"rule {rule} runs {script}, which imports {module}; " \
                                                      f"envs/{env} lacks {PACKAGES[module]}"
     # The tools: conda-forge's llama.cpp where llama.cpp runs; the converter's env never has it.
-    for rule in ("quantize", "imatrix", "kld_base", "validate"):
+    for rule in ("quantize", "imatrix", "kld_base", "validate", "speed"):
         assert "llama.cpp" in env_packages(rules[rule][0]), rule
     assert env_packages("converter.yaml") >= {"python", "numpy", "safetensors", "gguf", "pyyaml"}
     assert "llama.cpp" not in env_packages("converter.yaml")
@@ -166,6 +166,7 @@ def test_conda_dry_run_takes_the_tools_from_the_envs_and_builds_nothing(workflow
     assert commands and "outputs/toolchain" not in run.output, run.output[-3000:]
     assert "--llama-quantize envs/bin/llama-quantize" in run.output
     assert "--perplexity envs/bin/llama-perplexity" in run.output
+    assert "--llama-bench envs/bin/llama-bench" in run.output
     lint = snakemake(workflow, "--lint", "--sdm", "conda", env=env)
     assert "Congratulations" in lint.output, lint.output[-3000:]
 
@@ -180,7 +181,7 @@ def test_without_conda_the_conda_profile_says_so(workflow, tmp_path):
 def llama_bin() -> Path:
     import llama_toolchain
 
-    return llama_toolchain.build(["llama-quantize", "llama-perplexity", "llama-imatrix"])
+    return llama_toolchain.build(["llama-quantize", "llama-perplexity", "llama-imatrix", "llama-bench"])
 
 
 def test_apptainer_runs_each_pairs_tools_in_its_image(workflow, tmp_path, llama_bin):
@@ -188,7 +189,7 @@ def test_apptainer_runs_each_pairs_tools_in_its_image(workflow, tmp_path, llama_
     llama.cpp's tools taken from the image (nothing is built)."""
     image_bin = tmp_path / "image" / "bin"
     image_bin.mkdir(parents=True)
-    for tool in ("llama-quantize", "llama-perplexity", "llama-imatrix"):
+    for tool in ("llama-quantize", "llama-perplexity", "llama-imatrix", "llama-bench"):
         (image_bin / tool).symlink_to(llama_bin / tool)
     stand_in(image_bin, "python3", f'#!/bin/sh\nexec {sys.executable} "$@"\n')  # the image's (no `python`)
     log = tmp_path / "apptainer.log"
@@ -210,6 +211,7 @@ def test_apptainer_runs_each_pairs_tools_in_its_image(workflow, tmp_path, llama_
         jobs = [(img, cmd) for img, cmd in ran if f"{output}.gguf " in cmd or f"{output}.json" in cmd]
         assert {img for img, _ in jobs} == {IMAGES[pair]}, (pair, jobs)
         assert any("scripts/validate.py" in cmd for _, cmd in jobs), (pair, jobs)
+        assert any("scripts/speed.py" in cmd for _, cmd in jobs), (pair, jobs)  # the benchmark too
         report = json.loads((workflow / f"{output}.json").read_text())
         assert report["loaded"] and report["kl_divergence"] >= 0
     quantized = [cmd for _, cmd in ran if "--llama-quantize envs/bin/llama-quantize" in cmd]

@@ -140,6 +140,12 @@ def test_default_outputs():
     validated = pipeline.default_outputs(pairs, ["m"], "out", validate=True)
     assert validated[4:] == ["out/A_LLM_LLAMA/m-Q4_0.json", "out/B_LLM_LLAMA/m-F16.json", "out/report/size_vs_kld.png"]
     assert pipeline.default_outputs({}, ["m"], "out", validate=True) == []
+    benched = pipeline.default_outputs(pairs, ["m"], "out", validate=True, benchmark=True)
+    assert benched[4:6] == validated[4:6] and benched[-1] == "out/report/size_vs_kld.png"
+    assert benched[6:8] == ["out/A_LLM_LLAMA/m-Q4_0.speed.json", "out/B_LLM_LLAMA/m-F16.speed.json"]
+    # the benchmark does not need the validation: without it, no report
+    assert pipeline.default_outputs(pairs, ["m"], "out", validate=False, benchmark=True)[4:] == benched[6:8]
+    assert [p for p in benched if pipeline.is_validation_report(p)] == validated[4:6]
 
 
 def test_a_batch_builds_every_model_for_every_pair_with_one_report():

@@ -12,7 +12,8 @@ import gguf
 import llama_cpp
 import numpy as np
 import pytest
-from conftest import ROOT, configured_pairs, copy_workflow, snakemake
+import yaml
+from conftest import ROOT, TEST_CONFIG, configured_pairs, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -22,6 +23,9 @@ SINGLE = f"outputs/{PAIR}/tiny-gpt2-Q4_K_M.gguf"
 SPLIT = f"outputs/{PAIR}/tiny-gpt2-Q4_K_M"
 TOKENS = [39, 695, 78, 995, 11, 290]
 N = len(configured_pairs())  # the pairs of the tests' configuration (tests/configurations/)
+# the default target benchmarks every output (rule speed) when the configuration's BENCHMARK is on
+BENCH = yaml.safe_load((TEST_CONFIG / "converter_args.yaml").read_text()).get("BENCHMARK", True)
+SPEED = {"speed": 1} if BENCH else {}
 
 
 def set_pair(wf, text: str) -> None:
@@ -98,7 +102,7 @@ def test_split_pair_is_validated_and_checksummed_and_only_its_outputs_follow_the
     set_pair(workflow, "PRECISION: Q4_K_M\nSPLIT_MAX_TENSORS: 10\n")
     run = snakemake(workflow)
     assert run.jobs() == {"llama_cpp": 1, "convert": 2, "quantize": N - 1, "quantize_split": 1, "kld_base": 1,
-                          "validate": N, "checksum": N, "plot": 1}, run.output
+                          "validate": N, "checksum": N, "plot": 1, **{k: N for k in SPEED}}, run.output
     assert not (workflow / SINGLE).exists()  # the whole file is not kept beside its shards
     parts = shards(workflow / SPLIT)
     listed = (workflow / f"{SINGLE}.sha256").read_text()
@@ -116,13 +120,13 @@ def test_split_pair_is_validated_and_checksummed_and_only_its_outputs_follow_the
     others = {p: p.stat().st_mtime_ns for p in workflow.glob("outputs/*_LLAMA/*.gguf")}
     set_pair(workflow, "PRECISION: Q4_K_M\nSPLIT_MAX_TENSORS: 20\n")
     run = snakemake(workflow)
-    assert run.jobs() == {"quantize_split": 1, "validate": 1, "checksum": 1, "plot": 1}, run.output
+    assert run.jobs() == {"quantize_split": 1, "validate": 1, "checksum": 1, "plot": 1, **SPEED}, run.output
     assert len(shards(workflow / SPLIT)) < len(parts)
     assert {p: p.stat().st_mtime_ns for p in workflow.glob("outputs/*_LLAMA/*.gguf")} == others
 
     set_pair(workflow, "PRECISION: Q4_K_M\n")  # back to one file: the folder is no longer a target
     run = snakemake(workflow)
-    assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1}, run.output
+    assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1, **SPEED}, run.output
     assert (workflow / f"{SINGLE}.sha256").read_text().endswith("  tiny-gpt2-Q4_K_M.gguf\n")
 
 

@@ -25,6 +25,19 @@ def report(wf, pair):
     return json.loads((wf / f"outputs/{pair}/tiny-gpt2-{OUTPUTS[pair]}.json").read_text())
 
 
+def speed(wf, pair):
+    return json.loads((wf / f"outputs/{pair}/tiny-gpt2-{OUTPUTS[pair]}.speed.json").read_text())
+
+
+def test_every_output_has_its_speed_on_the_tiny_model_in_seconds(built):
+    wf, run = built
+    for pair in OUTPUTS:
+        s = speed(wf, pair)
+        assert s["prompt_tps"] > 0 and s["generation_tps"] > 0 and s["repetitions"] >= 3
+        assert s["wall_seconds"] < 10  # the default sizes keep the tiny model's benchmark short
+    assert run.jobs()["speed"] == len(OUTPUTS)
+
+
 def test_every_output_has_a_report_from_llama_cpp(built):
     wf, _ = built
     for pair, precision in OUTPUTS.items():
@@ -56,6 +69,9 @@ def test_checksums_and_summary(built):
         r = report(wf, pair)
         assert (f"outputs/{pair}/tiny-gpt2-{precision}.gguf: {r['file_bytes'] / 1e6:.1f} MB, "
                 f"{r['bits_per_weight']:.2f} bpw, KLD {r['kl_divergence']:.4f}") in run.output
+        s = speed(wf, pair)
+        assert (f"converted by {r['converter']}, pp {s['prompt_tps']:.1f} t/s, "
+                f"tg {s['generation_tps']:.1f} t/s\n") in run.output
 
 
 def test_validation_can_be_switched_off(workflow):
@@ -98,13 +114,24 @@ def test_the_html_report_has_the_plot_table_and_dag(built, tmp_path):
     wf, _ = built
     plot = wf / "outputs/report/size_vs_kld.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    overview, table = (wf / "outputs/report/validation.html").read_text().split("<h3>Every output</h3>")
+    page = (wf / "outputs/report/validation.html").read_text()
+    overview, rest = page.split("<h3>Each pair</h3>")
+    each_pair, table = rest.split("<h3>Every output</h3>")
     assert overview.count("<tr>") == 1 + 1  # the batch at a glance: a header and one model
+    # a table per pair, with its output's size, bits per weight, KLD, top-1 and both speeds
+    assert each_pair.count("<table") == len(OUTPUTS) and each_pair.count("<tr>") == 2 * len(OUTPUTS)
+    assert "generation t/s" in each_pair and "—" not in each_pair
+    for pair in OUTPUTS:
+        s = speed(wf, pair)
+        assert f"<td>{s['generation_tps']:.1f} ± {s['generation_tps_sd']:.1f}</td>" in each_pair, pair
+        assert f"<td>{s['prompt_tps']}</td>" in table, pair
+    assert (wf / "outputs/report/kld_vs_speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table.count("<tr>") == len(OUTPUTS) + 1 and "Q4_K_M" in table and "b11312 (0c1e570)" in table
     snakemake(wf, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()
     assert base64.b64encode(plot.read_bytes()).decode()[200:400] in html  # the plot itself is embedded
     assert "File size against the mean KL divergence" in html  # its caption
+    assert "Quality against speed" in html  # the second plot's caption
     assert "validation.html" in html and all(rule in html for rule in ("kld_base", "validate", "quantize"))
 
 

@@ -11,6 +11,7 @@ import gguf
 import llama_cpp
 import numpy as np
 import pytest
+import yaml
 from conftest import (DIRECT_PRECISIONS, ROOT, TEST_CONFIG, configured_pairs, copy_workflow, edit_yaml, file_type,
                       snakemake)
 
@@ -37,7 +38,11 @@ def runs_in_llama_cpp(path) -> None:
 
 
 # the default target also checksums and validates each pair's GGUF, against one KL-divergence base per model
-CHECKS = {"kld_base": 1, "validate": N, "checksum": N, "plot": 1}
+# and measures its speed (rule speed) when the configuration's BENCHMARK is on
+BENCH = yaml.safe_load((TEST_CONFIG / "converter_args.yaml").read_text()).get("BENCHMARK", True)
+SPEED = {"speed": N} if BENCH else {}
+CHECKS = {"kld_base": 1, "validate": N, "checksum": N, "plot": 1, **SPEED}
+ONE_OUTPUT = {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1, **({"speed": 1} if BENCH else {})}
 
 
 @pytest.fixture
@@ -73,7 +78,7 @@ def test_explicit_target_for_any_pair_and_precision(workflow):
 def test_changing_one_pairs_precision_runs_one_quantize_job(built):
     edit_yaml(pair_yaml(built, "GPU_LLM_LLAMA"), lambda d: d.update(PRECISION="Q5_K_M"))
     run = snakemake(built)
-    assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1}
+    assert run.jobs() == ONE_OUTPUT
     assert (built / "outputs/GPU_LLM_LLAMA/tiny-gpt2-Q5_K_M.gguf").exists()
 
 
@@ -119,7 +124,9 @@ def test_new_toolchain_flags_make_quantized_outputs_stale(built):
     run = snakemake(built, "-n")
     # the outputs of llama-quantize, and every validation (a new llama-perplexity)
     n = len(QUANTIZED)
-    assert run.jobs() == {"llama_cpp": 1, "quantize": n, "checksum": n, "kld_base": 1, "validate": N, "plot": 1}
+    # (and every benchmark: a new llama-bench)
+    assert run.jobs() == {"llama_cpp": 1, "quantize": n, "checksum": n, "kld_base": 1, "validate": N, "plot": 1,
+                          **SPEED}
 
 
 def test_existing_llama_quantize_is_used_without_building(workflow, llama_quantize):
@@ -287,7 +294,7 @@ def test_pair_overrides_reach_the_tensor_types_and_rerun_only_that_pair(built):
     edit_yaml(pair_yaml(built, "GPU_LLM_LLAMA"),
               lambda d: d.update(TOKEN_EMBEDDING_TYPE="Q8_0", TENSOR_TYPES=["ffn_down=Q8_0"]))
     run = snakemake(built)
-    assert run.jobs() == {"quantize": 1, "validate": 1, "checksum": 1, "plot": 1}
+    assert run.jobs() == ONE_OUTPUT
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(output(built, "GPU_LLM_LLAMA")).tensors}
     assert types["token_embd.weight"] == "Q8_0"
     assert types["blk.0.ffn_down.weight"] == types["blk.1.ffn_down.weight"] == "Q8_0"

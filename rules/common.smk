@@ -165,15 +165,19 @@ def pair_output_inputs(wildcards, split=False):
 
 
 def llama_tool(name):
-    """llama-quantize, llama-perplexity, ...: where the jobs find it (rules/toolchain.smk)."""
+    """llama-quantize, llama-perplexity, ...: where the jobs find it (rules/toolchain.smk). Its mtime matters only
+    for a configured LLAMA_QUANTIZE (a binary rebuilt in place): the toolchain's folder is named by its build key,
+    and a conda env or image is the software-env trigger's, so copying the same build again (a tool added to
+    rule llama_cpp) or a fresh checkout of envs/bin/ remakes nothing."""
     try:
-        return llama_toolchain.tool_path(
+        path = llama_toolchain.tool_path(
             name, LLAMA_QUANTIZE, TOOLS_FROM_ENV, TOOLCHAIN_BIN, ENV_BIN
         )
     except FileNotFoundError as e:
         raise WorkflowError(
             f"{e}. Fix the path, or unset it (environment and {CONFIG_FILE}) to build llama.cpp"
         ) from None
+    return path if LLAMA_QUANTIZE else ancient(path)
 
 
 def hub_pending(model):
@@ -232,8 +236,9 @@ def model_size_mb(wildcards):
 
 def publish_inputs(wildcards):
     """What is published for a model (rules/publish.smk), every pair's validated output with its .sha256 and
-    .json."""
-    outputs = pipeline.default_outputs(PAIRS, [wildcards.model], OUT, validate=True)
+    .json, and its .speed.json when BENCHMARK (the model card's speed columns)."""
+    benchmark = config["BENCHMARK"]
+    outputs = pipeline.default_outputs(PAIRS, [wildcards.model], OUT, True, benchmark)
     return [p for p in outputs if not p.startswith(f"{OUT}/report/")]
 
 

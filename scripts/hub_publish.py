@@ -4,8 +4,9 @@
     python scripts/hub_publish.py OWNER/REPO INPUTS... --model NAME --model-dir models/NAME -o RECORD.json
         [--visibility private|public] [--quantized-by NAME]
 
-INPUTS are rule publish's: every pair's GGUF (or folder of shards), its .gguf.sha256 and its validation .json; a
-pair is published only with its validation report, and only when its files still match their .sha256. The
+INPUTS are rule publish's: every pair's GGUF (or folder of shards), its .gguf.sha256, its validation .json and,
+when benchmarked, its .speed.json (the card's speed columns); a pair is published only with its validation
+report, and only when its files still match their .sha256. The
 repository (created when missing, private unless --visibility public) gets <PAIR>/<model>-<PRECISION>.gguf (or
 the folder <PAIR>/<model>-<PRECISION>/ of its shards) with its .sha256, a model card (README.md) and
 .hf2gguf-published.json, the list of the files this script put there.
@@ -77,7 +78,7 @@ def pair_outputs(inputs: list[str], model: str) -> list[PairOutput]:
     """The pairs among rule publish's inputs, each found by its validation report <OUT>/<PAIR>/<model>-<PRECISION>.json
     beside its .gguf (or folder of shards) and .gguf.sha256."""
     outputs = []
-    for report in sorted(p for p in inputs if p.endswith(".json")):
+    for report in sorted(p for p in inputs if p.endswith(".json") and not p.endswith(".speed.json")):
         stem = report[: -len(".json")]
         gguf = f"{stem}.gguf" if f"{stem}.gguf" in inputs else stem
         checksum = Path(f"{stem}.gguf.sha256")
@@ -85,6 +86,9 @@ def pair_outputs(inputs: list[str], model: str) -> list[PairOutput]:
             if not Path(path).exists():
                 raise PublishError(f"{path} is missing: run snakemake again to make it")
         data = json.loads(Path(report).read_text(encoding="utf-8"))
+        if f"{stem}.speed.json" in inputs:  # rule speed's figures, measured on the pair's hardware
+            speed = json.loads(Path(f"{stem}.speed.json").read_text(encoding="utf-8"))
+            data |= {k: speed[k] for k in SPEED_COLUMNS if k in speed}
         if not data.get("loaded"):
             raise PublishError(f"{report}: llama.cpp did not load {gguf}, which is not published. Fix the pair")
         name = Path(stem).name

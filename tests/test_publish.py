@@ -118,6 +118,8 @@ def test_first_publish_uploads_every_pair_in_one_commit(wf, hub, tmp_path):
         row = next(line for line in card.splitlines() if line.startswith(f"| {pair} |"))
         assert f"| {precision} |" in row and f"{report['kl_divergence']:.6f}" in row
         assert f"{100 * report['top1_agreement']:.1f}%" in row and f"{report['bits_per_weight']:.2f}" in row
+        speed = json.loads((wf / "outputs" / pair / f"{MODEL}-{precision}.speed.json").read_text())
+        assert row.endswith(f"| {speed['prompt_tps']:.1f} | {speed['generation_tps']:.1f} |"), row
 
 
 def test_a_rerun_publishes_nothing(wf, hub, tmp_path):

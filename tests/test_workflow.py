@@ -129,6 +129,13 @@ def test_new_toolchain_flags_make_quantized_outputs_stale(built):
                           **SPEED}
 
 
+def test_the_same_build_copied_again_remakes_nothing(built):
+    """A tool added to rule llama_cpp copies the same build again, with new mtimes: its folder name is its key."""
+    for tool in (built / "outputs/toolchain").glob("llama.cpp-*/bin/*"):
+        os.utime(tool)
+    assert snakemake(built, "-n").jobs() == {}
+
+
 def test_existing_llama_quantize_is_used_without_building(workflow, llama_quantize):
     run = snakemake(workflow, "-n", env={"LLAMA_QUANTIZE": llama_quantize})
     assert "llama_cpp" not in run.jobs() and run.jobs()["quantize"] == N and run.jobs()["validate"] == N

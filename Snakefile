@@ -28,6 +28,7 @@ include: "rules/convert.smk"
 include: "rules/quantize.smk"
 include: "rules/validate.smk"
 include: "rules/speed.smk"
+include: "rules/budget.smk"
 include: "rules/publish.smk"
 
 

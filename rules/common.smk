@@ -2,6 +2,7 @@
 # here. Each stage's settings are in its own file (download, toolchain, convert, quantize, validate), and the
 # decisions that are plain Python in scripts/pipeline.py and scripts/jobs.py, where they are unit-tested.
 import functools
+import json
 import os
 import sys
 
@@ -14,6 +15,7 @@ ROOT = os.path.dirname(str(workflow.current_basedir))
 SCHEMAS = os.path.join(ROOT, "rules", "schemas")
 SCRIPTS = os.path.join(ROOT, "scripts")
 sys.path.insert(0, SCRIPTS)
+import budget
 import hub_download
 import jobs
 import llama_toolchain
@@ -69,6 +71,12 @@ MODEL_NAMES = pipeline.model_names(config["MODEL_NAME"])
 # delete a model's intermediate once every output made from it is made, unless KEEP_INTERMEDIATE (rules/convert.smk)
 KEEP_INTERMEDIATE = config["KEEP_INTERMEDIATE"]
 HUB_UPLOAD = config["HUB_UPLOAD"]
+for pair, cfg in PAIRS.items():  # a budget needs the measurements it is checked against
+    message = pipeline.budget_error(
+        cfg, config["VALIDATE"], config["BENCHMARK"], budget.needs
+    )
+    if message:
+        raise WorkflowError(f"{pipeline.pair_yaml(CONFIG_DIR, pair)}: {message}")
 if HUB_UPLOAD and not config["VALIDATE"]:
     raise WorkflowError(
         f"{CONFIG_FILE}: HUB_UPLOAD publishes only validated outputs, and VALIDATE is false."
@@ -232,6 +240,16 @@ def model_size_mb(wildcards):
     if hub_pending(wildcards.model):
         return 0
     return stop_on_config_error(jobs.model_size_mb, MODELS, wildcards.model)
+
+
+def budget_inputs(wildcards):
+    """What an output's budget check reads (rules/budget.smk): the output, and its validation report and benchmark
+    when the pair's budget has fields they measure."""
+    stem = f"{OUT}/{wildcards.pair}/{wildcards.model}-{wildcards.precision}"
+    reads = budget.needs(budget.budget_of(PAIRS[wildcards.pair]))
+    inputs = {"gguf": pair_gguf(wildcards)}
+    inputs |= {"report": f"{stem}.json"} if "report" in reads else {}
+    return inputs | ({"speed": f"{stem}.speed.json"} if "speed" in reads else {})
 
 
 def publish_inputs(wildcards):

@@ -87,6 +87,7 @@ rule plot:
             p for p in default_outputs() if pipeline.is_validation_report(p)
         ],
         speed=lambda w: [p for p in default_outputs() if p.endswith(".speed.json")],
+        budget=lambda w: [p for p in default_outputs() if p.endswith(".budget.json")],
     output:
         plot=report(
             f"{OUT}/report/size_vs_kld.png",
@@ -112,4 +113,4 @@ rule plot:
         code=code_digest("plot.py"),
     shell:
         "python {params.script:q} {input.reports:q} --speed {input.speed:q} --plot {output.plot:q}"
-        " --speed-plot {output.speed_plot:q} --table {output.table:q} > {log:q} 2>&1"
+        " --speed-plot {output.speed_plot:q} --budget {input.budget:q} --table {output.table:q} > {log:q} 2>&1"

@@ -127,3 +127,9 @@ def code_digest(root: str, *names: str) -> str:
             with open(path, "rb") as fh:
                 h.update(fh.read())
     return h.hexdigest()
+
+
+def budget_arguments(inputs) -> str:
+    """scripts/budget.py's --report and --speed, for those among a budget check's inputs."""
+    names = inputs.keys()
+    return " ".join(f"--{name} {shlex.quote(inputs[name])}" for name in ("report", "speed") if name in names)

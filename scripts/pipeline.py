@@ -184,10 +184,32 @@ def model_names(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+# a pair's device budget (scripts/budget.py): an output of a pair that sets one is checked against it
+BUDGETS = ("MAX_FILE_SIZE", "MAX_KLD", "MIN_TOP1", "MIN_PROMPT_TPS", "MIN_GENERATION_TPS")
+
+
+def has_budget(pair_cfg: dict) -> bool:
+    return any(pair_cfg.get(field) is not None for field in BUDGETS)
+
+
+def budget_error(pair_cfg: dict, validate: bool, benchmark: bool, needs) -> str | None:
+    """Why a pair's budget cannot be checked (it needs the validation, or the benchmark, which is off), or None.
+    needs(budget) says what it reads (scripts/budget.py)."""
+    reads = needs({k: pair_cfg[k] for k in BUDGETS if pair_cfg.get(k) is not None})
+    if "report" in reads and not validate:
+        return ("MAX_KLD and MIN_TOP1 are checked against the validation, and VALIDATE is false in "
+                "converter_args.yaml. Set VALIDATE: true, or remove them")
+    if "speed" in reads and not benchmark:
+        return ("MIN_PROMPT_TPS and MIN_GENERATION_TPS are checked against the benchmark, and BENCHMARK is false in "
+                "converter_args.yaml. Set BENCHMARK: true, or remove them")
+    return None
+
+
 def default_outputs(pairs: dict[str, dict], models: list[str], out: str, validate: bool,
                     benchmark: bool = False) -> list[str]:
-    """The default target: for each model, each pair's output, its .gguf.sha256, when validating its .json and,
-    when benchmarking, its .speed.json; then the report's plot (one for the batch)."""
+    """The default target: for each model, each pair's output, its .gguf.sha256, when validating its .json,
+    when benchmarking its .speed.json and, for a pair with a budget, its .budget.json; then the report's plot (one
+    for the batch)."""
     stems = [f"{out}/{pair}/{model}-{cfg['PRECISION']}" for model in models for pair, cfg in pairs.items()]
     outputs = []
     for model in models:
@@ -196,6 +218,7 @@ def default_outputs(pairs: dict[str, dict], models: list[str], out: str, validat
         outputs += [f"{stem}.gguf.sha256" for stem in mine.values()]
         outputs += [f"{stem}.json" for stem in mine.values()] if validate else []
         outputs += [f"{stem}.speed.json" for stem in mine.values()] if benchmark else []
+        outputs += [f"{stem}.budget.json" for pair, stem in mine.items() if has_budget(pairs[pair])]
     if validate and stems:
         outputs.append(f"{out}/report/size_vs_kld.png")
     return outputs
@@ -411,8 +434,14 @@ def speed_path(report_path: str) -> str:
 
 
 def is_validation_report(path: str) -> bool:
-    """A validation report (<model>-<PRECISION>.json) among the targets: not a benchmark or a publication record."""
-    return path.endswith(".json") and not path.endswith(".speed.json") and "/published/" not in path
+    """A validation report (<model>-<PRECISION>.json) among the targets: not a benchmark, a budget check or a
+    publication record."""
+    return path.endswith(".json") and not path.endswith((".speed.json", ".budget.json")) and "/published/" not in path
+
+
+def budget_summary(check: dict) -> str:
+    """A budget check (scripts/budget.py) in a few words."""
+    return "within budget" if check["budget_ok"] else "BUDGET BROKEN: " + "; ".join(check["broken"])
 
 
 def failed_jobs(snakemake_log: str | None) -> list[tuple[str, str, str]]:
@@ -448,6 +477,10 @@ def print_summary(paths: list[str], snakemake_log: str | None = None) -> None:
             if os.path.exists(speed_path(path)):
                 with open(speed_path(path)) as f:
                     line += ", " + speed_summary(json.load(f))
+            budget = path[:-len(".json")] + ".budget.json"
+            if os.path.exists(budget):
+                with open(budget) as f:
+                    line += "; " + budget_summary(json.load(f))
             say(line)
         elif path.endswith(".speed.json") and os.path.exists(path):
             report = path[:-len(".speed.json")] + ".json"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The report's figures and table: size against KL divergence, and KL divergence against generation speed, one
-point per output, from the validation JSONs and the benchmarks (.speed.json) beside them.
+point per output, from the validation JSONs and the benchmarks (.speed.json) and budget checks (.budget.json) beside them.
 
     python scripts/plot.py outputs/*/*-*[!d].json --speed outputs/*/*.speed.json --plot size_vs_kld.png \
         --speed-plot kld_vs_speed.png --table validation.html
@@ -17,12 +17,16 @@ SPEED_KEYS = ("prompt_tps", "prompt_tps_sd", "generation_tps", "generation_tps_s
               "repetitions", "n_gpu_layers", "backends")
 
 
-def load(paths, speed_paths=()):
-    """A row per validation report, with its output's benchmark figures merged in when there is one."""
+def load(paths, speed_paths=(), budget_paths=()):
+    """A row per validation report, with its output's benchmark figures and budget check (scripts/budget.py)
+    merged in when there are."""
     speeds = {}
     for p in speed_paths:
         s = json.loads(Path(p).read_text())
         speeds[s["gguf"]] = {k: s[k] for k in SPEED_KEYS if k in s}
+    for p in budget_paths:
+        b = json.loads(Path(p).read_text())
+        speeds.setdefault(b["gguf"], {}).update(budget_ok=b["budget_ok"], budget_broken=b["broken"])
     rows = []
     for p in paths:
         r = json.loads(Path(p).read_text())
@@ -113,21 +117,27 @@ def overview(rows) -> str:
 
 
 def per_pair(rows) -> str:
-    """A table per pair: each output's size, bits per weight, KLD, top-1 and speed (— when not benchmarked)."""
+    """A table per pair: each output's size, bits per weight, KLD, top-1, speed (— when not benchmarked) and, when
+    the pair has a budget, whether the output meets it."""
+    def budget(r):
+        if "budget_ok" not in r:
+            return "—"
+        return "within budget" if r["budget_ok"] else "BROKEN: " + "; ".join(r["budget_broken"])
+
     def speed(r, key):
         if key not in r:
             return "—"
         return f"{r[key]:.1f} ± {r[key + '_sd']:.1f}" if key + "_sd" in r else f"{r[key]:.1f}"
 
     head = "".join(f"<th>{c}</th>" for c in ("model", "precision", "size (MB)", "bits per weight", "KLD", "top-1",
-                                             "prompt t/s", "generation t/s"))
+                                             "prompt t/s", "generation t/s", "budget"))
     parts = []
     for pair in sorted({r["pair"] for r in rows}):
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
                 r["model"], r["precision"], f"{r['file_bytes'] / 1e6:.1f}", f"{r['bits_per_weight']:.2f}",
                 f"{r['kl_divergence']:.4f}", f"{100 * r['top1_agreement']:.1f}%", speed(r, "prompt_tps"),
-                speed(r, "generation_tps"))) + "</tr>"
+                speed(r, "generation_tps"), budget(r))) + "</tr>"
             for r in rows if r["pair"] == pair)
         parts.append(f"<h4>{html.escape(pair)}</h4><table border='1'><tr>{head}</tr>{body}</table>")
     return "".join(parts)
@@ -151,8 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--table", type=Path, required=True)
     ap.add_argument("--speed", nargs="*", default=[], help="the outputs' benchmarks (.speed.json)")
     ap.add_argument("--speed-plot", type=Path, required=True)
+    ap.add_argument("--budget", nargs="*", default=[], help="the outputs' budget checks (.budget.json)")
     a = ap.parse_args(argv)
-    rows = load(a.reports, a.speed)
+    rows = load(a.reports, a.speed, a.budget)
     plot(rows, a.plot)
     speed_plot(rows, a.speed_plot)
     table(rows, a.table)

@@ -29,6 +29,7 @@ include: "rules/quantize.smk"
 include: "rules/validate.smk"
 include: "rules/speed.smk"
 include: "rules/budget.smk"
+include: "rules/auto.smk"
 include: "rules/publish.smk"
 
 

@@ -15,6 +15,9 @@ rule budget:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.budget.json",
     log:
         f"{LOGS}/budget/{{pair}}/{{model}}-{{precision}}.log",
+    # not AUTO: that file is chosen among candidates (rules/auto.smk)
+    wildcard_constraints:
+        precision=FIXED_PRECISION_RE,
     conda:
         "../envs/converter.yaml"
     params:

@@ -59,6 +59,9 @@ PAIR_RE, MODEL_RE, PRECISION_RE = (
     r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]*",
     r"[A-Za-z0-9_]+",
 )
+# the precision of the rules that make and measure one fixed precision: not AUTO, whose file is chosen among
+# candidates (rules/auto.smk)
+FIXED_PRECISION_RE = r"(?!AUTO(?![A-Za-z0-9_]))[A-Za-z0-9_]+"
 
 
 wildcard_constraints:
@@ -157,7 +160,13 @@ def pair_output_inputs(wildcards, split=False):
     source = stop_on_config_error(jobs.output_source, cfg, wildcards.precision, where)
     if not hub_pending(model):  # else: checked once downloaded (model_ready)
         checked_model(model)
-    if source.copy_of:
+    if pipeline.shares_candidate(PAIRS, cfg, wildcards.precision):
+        precision = pipeline.canonical_precision(wildcards.precision)
+        inputs = {
+            "gguf": candidate(model, precision)
+        }  # made once (rules/auto.smk), copied
+        source = source._replace(imatrix=False)
+    elif source.copy_of:
         inputs = {"gguf": intermediate(model, source.copy_of)}
     else:
         tool = llama_tool("llama-quantize")
@@ -170,6 +179,59 @@ def pair_output_inputs(wildcards, split=False):
             f"SPLIT_MAX_TENSORS); its output is {stem}.gguf"
         )
     return inputs | ({"gguf_split": llama_tool("llama-gguf-split")} if split else {})
+
+
+def candidate(model, precision):
+    """A candidate of the PRECISION: AUTO pairs: made once per model and precision (rules/auto.smk)."""
+    return f"{OUT}/candidates/{model}-{precision}.gguf"
+
+
+def candidate_inputs(wildcards):
+    """What a candidate is made from: as a pair's output with no llama-quantize option (jobs.output_source)."""
+    model, precision = wildcards.model, wildcards.precision
+    where = candidate(model, precision)
+    source = stop_on_config_error(jobs.output_source, {}, precision, where)
+    if not hub_pending(model):
+        checked_model(model)
+    if source.copy_of:
+        inputs = {"gguf": intermediate(model, source.copy_of)}
+    else:
+        inputs = {
+            "gguf": full_precision(wildcards),
+            "tool": llama_tool("llama-quantize"),
+        }
+    return inputs | (
+        {"imatrix": f"{OUT}/imatrix/{model}.gguf"} if source.imatrix else {}
+    )
+
+
+def auto_candidates(wildcards):
+    """An AUTO pair's candidates, in its order; an error for a pair that is not AUTO."""
+    cfg = PAIRS.get(wildcards.pair)
+    if not pipeline.is_auto(cfg):
+        stem = f"{OUT}/{wildcards.pair}/{wildcards.model}-AUTO"
+        raise WorkflowError(
+            f"{stem}: pair {wildcards.pair} is not configured with PRECISION: AUTO"
+        )
+    return pipeline.auto_candidates(cfg)
+
+
+def auto_measurements(wildcards):
+    """What the choice of an AUTO pair reads: each candidate's validation and, when BENCHMARK, its benchmark,
+    measured on the pair's hardware."""
+    stems = [
+        f"{OUT}/{wildcards.pair}/auto/{wildcards.model}-{p}"
+        for p in auto_candidates(wildcards)
+    ]
+    speeds = [f"{stem}.speed.json" for stem in stems] if config["BENCHMARK"] else []
+    return {"reports": [f"{stem}.json" for stem in stems], "speeds": speeds}
+
+
+def chosen_precision(wildcards):
+    """The precision the choose checkpoint picked for the pair and model."""
+    decision = checkpoints.choose.get(pair=wildcards.pair, model=wildcards.model)
+    with open(decision.output[0], encoding="utf-8") as f:
+        return json.load(f)["chosen_precision"]
 
 
 def llama_tool(name):

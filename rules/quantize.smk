@@ -12,6 +12,9 @@ rule quantize:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.gguf",
     log:
         f"{LOGS}/quantize/{{pair}}/{{model}}-{{precision}}.log",
+    # not AUTO: that file is chosen among candidates (rules/auto.smk)
+    wildcard_constraints:
+        precision=FIXED_PRECISION_RE,
     # before another model's conversion: a model's outputs are made, and its intermediate freed (KEEP_INTERMEDIATE:
     # false), before the next model's intermediate is written (README: "Disk")
     priority: 1

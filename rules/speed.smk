@@ -12,6 +12,9 @@ rule speed:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.speed.json",
     log:
         f"{LOGS}/speed/{{pair}}/{{model}}-{{precision}}.log",
+    # not AUTO: that file is chosen among candidates (rules/auto.smk)
+    wildcard_constraints:
+        precision=FIXED_PRECISION_RE,
     conda:
         "../envs/llama-cpp.yaml"
     container:

@@ -36,6 +36,9 @@ rule validate:
         f"{OUT}/{{pair}}/{{model}}-{{precision}}.json",
     log:
         f"{LOGS}/validation/{{pair}}/{{model}}-{{precision}}.log",
+    # not AUTO: that file is chosen among candidates (rules/auto.smk)
+    wildcard_constraints:
+        precision=FIXED_PRECISION_RE,
     conda:
         "../envs/llama-cpp.yaml"
     container:

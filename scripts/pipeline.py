@@ -96,8 +96,61 @@ def split_arguments(pair_cfg: dict, where: str = "the pair") -> list[str]:
     return ["--split-max-tensors", str(tensors)] if tensors else []
 
 
+# PRECISION: AUTO (scripts/choose.py): the workflow makes each precision of the pair's AUTO_CANDIDATES, measures it on
+# the pair's hardware and keeps the one that its budget chooses, as outputs/<PAIR>/<model>-AUTO.gguf
+AUTO = "AUTO"
+# what a pair of PRECISION: AUTO cannot set: its candidates are made once per model and precision, with llama-quantize's
+# default options, for every pair that considers them
+AUTO_REFUSED = ("OUTPUT_TENSOR_TYPE", "TOKEN_EMBEDDING_TYPE", "TENSOR_TYPES", "LEAVE_OUTPUT_TENSOR", "PURE",
+                "EXTRA_QUANTIZE_ARGS", "SPLIT_MAX_SIZE", "SPLIT_MAX_TENSORS")
+
+
+def is_auto(pair_cfg: dict | None) -> bool:
+    return bool(pair_cfg) and pair_cfg.get("PRECISION") == AUTO
+
+
+def auto_candidates(pair_cfg: dict) -> list[str]:
+    """The precisions an AUTO pair considers, canonical (FP16 -> F16), without repeats, in its order."""
+    return list(dict.fromkeys(canonical_precision(p) for p in pair_cfg["AUTO_CANDIDATES"]))
+
+
+def check_auto(pair_cfg: dict, path: Path) -> None:
+    """An AUTO pair's candidates are known precisions, and it sets no option that would make them its own."""
+    candidates = pair_cfg.get("AUTO_CANDIDATES")
+    if not candidates:
+        raise ConfigError(f"{path}: field AUTO_CANDIDATES: PRECISION: AUTO needs at least one candidate")
+    for precision in candidates:
+        canonical_precision(precision, f"{path}: field AUTO_CANDIDATES")
+    refused = [field for field in AUTO_REFUSED if pair_cfg.get(field)]
+    if pair_cfg.get("IMATRIX", "auto") != "auto":
+        refused.append("IMATRIX")
+    if refused:
+        raise ConfigError(f"{path}: PRECISION: AUTO makes its candidates once per model with llama-quantize's default "
+                          f"options, for every pair that considers them, so it cannot set {', '.join(refused)}. "
+                          "Remove them, or give the pair a fixed PRECISION")
+
+
+def candidate_precisions(pairs: dict[str, dict]) -> set[str]:
+    """Every precision some AUTO pair considers: each is made once per model, outputs/candidates/<model>-<P>.gguf."""
+    return {p for cfg in pairs.values() if is_auto(cfg) for p in auto_candidates(cfg)}
+
+
+def shares_candidate(pairs: dict[str, dict], pair_cfg: dict, precision: str) -> bool:
+    """Whether a fixed pair's output is the same file as an AUTO pair's candidate (the precision is a candidate,
+    and the pair sets no llama-quantize option and no importance matrix a candidate would not use): it is then a
+    copy of the candidate, not made twice."""
+    if is_auto(pair_cfg):
+        return False
+    canonical = canonical_precision(precision)
+    options, imatrix = quantize_options(pair_cfg, precision)
+    return canonical in candidate_precisions(pairs) and not options and imatrix == (canonical in NEEDS_IMATRIX)
+
+
 def check_pair(pair_cfg: dict, path: Path) -> None:
     """What the schema cannot say about a pair's YAML, checked when the workflow starts."""
+    if is_auto(pair_cfg):
+        check_auto(pair_cfg, path)
+        return
     canonical_precision(pair_cfg["PRECISION"], f"{path}: field PRECISION")
     extra_quantize_args(pair_cfg, str(path))
     split_arguments(pair_cfg, str(path))
@@ -195,6 +248,9 @@ def has_budget(pair_cfg: dict) -> bool:
 def budget_error(pair_cfg: dict, validate: bool, benchmark: bool, needs) -> str | None:
     """Why a pair's budget cannot be checked (it needs the validation, or the benchmark, which is off), or None.
     needs(budget) says what it reads (scripts/budget.py)."""
+    if is_auto(pair_cfg) and not validate:
+        return ("PRECISION: AUTO chooses among its candidates by their validation, and VALIDATE is false in "
+                "converter_args.yaml. Set VALIDATE: true, or give the pair a fixed PRECISION")
     reads = needs({k: pair_cfg[k] for k in BUDGETS if pair_cfg.get(k) is not None})
     if "report" in reads and not validate:
         return ("MAX_KLD and MIN_TOP1 are checked against the validation, and VALIDATE is false in "
@@ -209,16 +265,18 @@ def default_outputs(pairs: dict[str, dict], models: list[str], out: str, validat
                     benchmark: bool = False) -> list[str]:
     """The default target: for each model, each pair's output, its .gguf.sha256, when validating its .json,
     when benchmarking its .speed.json and, for a pair with a budget, its .budget.json; then the report's plot (one
-    for the batch)."""
+    for the batch). For a pair of PRECISION: AUTO: <model>-AUTO.gguf, its .gguf.sha256 and the decision,
+    <model>-AUTO.json, which holds the chosen candidate's measurements (its budget was applied by the choice)."""
     stems = [f"{out}/{pair}/{model}-{cfg['PRECISION']}" for model in models for pair, cfg in pairs.items()]
     outputs = []
     for model in models:
         mine = {pair: f"{out}/{pair}/{model}-{cfg['PRECISION']}" for pair, cfg in pairs.items()}
+        fixed = {pair: stem for pair, stem in mine.items() if not is_auto(pairs[pair])}
         outputs += [pair_output(pairs[pair], stem) for pair, stem in mine.items()]
         outputs += [f"{stem}.gguf.sha256" for stem in mine.values()]
-        outputs += [f"{stem}.json" for stem in mine.values()] if validate else []
-        outputs += [f"{stem}.speed.json" for stem in mine.values()] if benchmark else []
-        outputs += [f"{stem}.budget.json" for pair, stem in mine.items() if has_budget(pairs[pair])]
+        outputs += [f"{stem}.json" for pair, stem in mine.items() if validate or pair not in fixed]
+        outputs += [f"{stem}.speed.json" for stem in fixed.values()] if benchmark else []
+        outputs += [f"{stem}.budget.json" for pair, stem in fixed.items() if has_budget(pairs[pair])]
     if validate and stems:
         outputs.append(f"{out}/report/size_vs_kld.png")
     return outputs
@@ -473,7 +531,12 @@ def print_summary(paths: list[str], snakemake_log: str | None = None) -> None:
     for path in paths:
         if is_validation_report(path) and os.path.exists(path):
             with open(path) as f:
-                line = validation_summary(json.load(f))
+                report = json.load(f)
+            line = validation_summary(report)
+            if "chosen_precision" in report:  # PRECISION: AUTO (scripts/choose.py): its candidate's figures
+                speed = ", " + speed_summary(report) if "generation_tps" in report else ""
+                say(f"{line}{speed}; AUTO chose {report['chosen_precision']}: {report['why']}")
+                continue
             if os.path.exists(speed_path(path)):
                 with open(speed_path(path)) as f:
                     line += ", " + speed_summary(json.load(f))

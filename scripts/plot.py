@@ -32,7 +32,10 @@ def load(paths, speed_paths=(), budget_paths=()):
         r = json.loads(Path(p).read_text())
         gguf = Path(r["gguf"])
         model, precision = gguf.stem.rsplit("-", 1)
-        rows.append({"pair": gguf.parent.name, "model": model, "precision": precision, **r,
+        if "chosen_precision" in r:  # PRECISION: AUTO (scripts/choose.py): the candidate it chose
+            precision = f"AUTO: {r['chosen_precision']}"
+            r |= {"budget_ok": True, "budget_broken": []}  # the choice met the budget
+        rows.append({"pair": gguf.parent.name, "model": model, **r, "precision": precision,
                      **speeds.get(r["gguf"], {})})
     return sorted(rows, key=lambda r: (r["model"], r["pair"]))
 

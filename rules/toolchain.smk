@@ -44,6 +44,8 @@ rule llama_cpp:
         bench=f"{TOOLCHAIN_BIN}/llama-bench",
     log:
         f"{LOGS}/toolchain/{os.path.basename(TOOLCHAIN)}.log",
+    # first: every quantization waits on it, and until then conversions of a whole batch would pile up
+    priority: 2
     conda:
         "../envs/toolchain.yaml"
     threads: os.cpu_count() or 1

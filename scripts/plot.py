@@ -132,16 +132,19 @@ def per_pair(rows) -> str:
             return "—"
         return f"{r[key]:.1f} ± {r[key + '_sd']:.1f}" if key + "_sd" in r else f"{r[key]:.1f}"
 
-    head = "".join(f"<th>{c}</th>" for c in ("model", "precision", "size (MB)", "bits per weight", "KLD", "top-1",
-                                             "prompt t/s", "generation t/s", "budget"))
     parts = []
     for pair in sorted({r["pair"] for r in rows}):
+        mine = [r for r in rows if r["pair"] == pair]
+        budgeted = any("budget_ok" in r for r in mine)  # a budget column for the pairs that have a budget
+        columns = ("model", "precision", "size (MB)", "bits per weight", "KLD", "top-1", "prompt t/s",
+                   "generation t/s") + (("budget",) if budgeted else ())
+        head = "".join(f"<th>{c}</th>" for c in columns)
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
                 r["model"], r["precision"], f"{r['file_bytes'] / 1e6:.1f}", f"{r['bits_per_weight']:.2f}",
                 f"{r['kl_divergence']:.4f}", f"{100 * r['top1_agreement']:.1f}%", speed(r, "prompt_tps"),
-                speed(r, "generation_tps"), budget(r))) + "</tr>"
-            for r in rows if r["pair"] == pair)
+                speed(r, "generation_tps")) + ((budget(r),) if budgeted else ())) + "</tr>"
+            for r in mine)
         parts.append(f"<h4>{html.escape(pair)}</h4><table border='1'><tr>{head}</tr>{body}</table>")
     return "".join(parts)
 

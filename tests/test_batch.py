@@ -51,7 +51,7 @@ def test_a_list_of_models_builds_every_model_for_every_pair_with_one_report(tmp_
             assert f"{out}: " in run.stderr  # the end-of-run summary: one line per output
     # one report: a row per model, a column per pair
     table = (wf / "outputs/report/validation.html").read_text()
-    overview = table.split("<h3>Every output</h3>")[0]
+    overview = table.split("<h3>Each pair</h3>")[0]
     assert all(f"<td>{m}</td>" in overview for m in models) and all(f"<th>{p}</th>" in overview for p in PAIRS)
     assert overview.count("<tr>") == 1 + len(models) and "—" not in overview
     assert "Nothing to be done" in snakemake(wf).output

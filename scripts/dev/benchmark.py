@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: our converter against llama.cpp's convert_hf_to_gguf.py and cp; the workflow end to end against
-serial loops, with where its time goes; and the job graph and no-op rerun of batches of 10, 50 and 200 models.
+serial loops, with where its time goes; the job graph and no-op rerun of batches of 10, 50 and 200 models; and
+each precision's quality and speed (llama-bench) on this machine, as PRECISION: AUTO sees them.
 
-    python scripts/dev/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow|scale]
+    python scripts/dev/benchmark.py [--repeat 3] [--skip-reference] [--only converter|workflow|scale|speed]
                                     [--models NAME ...]
 
 Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
@@ -317,8 +318,8 @@ def bench_workflow(cache: Path, repeat: int, reference: bool) -> list[str]:
         (wf / "models").mkdir()
         (wf / "models/bench").symlink_to(model)
         write_pairs(wf)
-        # conversion and quantization only, as the serial flow does: no validation
-        (wf / "configurations/converter_args.yaml").write_text("MODEL_NAME: bench\nVALIDATE: false\n")
+        # conversion and quantization only, as the serial flow does: no validation, no benchmark
+        (wf / "configurations/converter_args.yaml").write_text("MODEL_NAME: bench\nVALIDATE: false\nBENCHMARK: false\n")
         env = {**os.environ, "LLAMA_QUANTIZE": str(quantize)}
 
         def parallel():
@@ -395,7 +396,9 @@ def breakdown(wf: Path, env: dict, repeat: int, total: float, floor: float) -> l
         jobs[f"  of which llama-quantize {precision} alone"] = [quantize, f16, scratch / "q.gguf", precision, threads]
     jobs["checksum x 4 (sha256sum, 2 at a time)"] = [
         "sh", "-c", "ls outputs/*_LLAMA/*.gguf | xargs -n 1 -P 2 sha256sum"]
-    jobs["  fingerprint, first run only (sha256 of the model)"] = ["sh", "-c", "sha256sum models/bench/*"]
+    jobs["  fingerprint, first run only (sha256 of the model)"] = [  # as the job graph computes it, from nothing
+        sys.executable, "-c", "import sys, tempfile; sys.path.insert(0, 'scripts'); import pipeline; "
+        "pipeline.fingerprint('models', 'bench', tempfile.mkdtemp())"]
     times = {name: median_of(repeat, lambda cmd=cmd: run(cmd, cwd=wf, env=env))[0] for name, cmd in jobs.items()}
     lines = [f"where the workflow's {total:.2f} s go (each job's command alone, median of {repeat}):"]
     for name, t in times.items():
@@ -471,11 +474,41 @@ def link_outputs(out: Path, model: str, others: list[str]) -> None:
         os.utime(path, (past + rank, past + rank))
 
 
+def bench_speed(cache: Path) -> list[str]:
+    """Each precision of the default AUTO ladder on the GPT-2-small-shaped checkpoint, validated and timed on this
+    machine by the workflow itself (one CPU pair, PRECISION: AUTO, llama-bench -p 512 -n 128 -r 3): what the
+    report and the AUTO decision read."""
+    model = checkpoint(cache, "gpt2-small-f32")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        wf = workflow_copy(Path(tmp) / "wf")
+        (wf / "models").mkdir()
+        (wf / "models/bench").symlink_to(model)
+        (wf / "configurations/CPU_LLM_LLAMA").mkdir(parents=True)
+        (wf / "configurations/CPU_LLM_LLAMA/converter_args_cpu_llm_llama.yaml").write_text(
+            "PRECISION: AUTO\nBENCH_PROMPT: 512\nBENCH_GEN: 128\nBENCH_REPETITIONS: 3\n")
+        (wf / "configurations/converter_args.yaml").write_text("MODEL_NAME: bench\n")
+        proc = subprocess.run(snakemake_cmd("--quiet"), cwd=wf, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"the AUTO build failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+        decision = json.loads((wf / "outputs/CPU_LLM_LLAMA/bench-AUTO.json").read_text())
+    lines = ["gpt2-small-f32, each candidate of PRECISION: AUTO on this machine (llama-bench -p 512 -n 128 -r 3, "
+             "2 threads):",
+             f"  {'precision':<10} {'MB':>7} {'bpw':>6} {'KLD':>9} {'top-1':>7} {'prompt t/s':>11} "
+             f"{'generation t/s':>15}"]
+    for c in decision["candidates"]:
+        lines.append(f"  {c['precision']:<10} {c['file_bytes'] / 1e6:7.1f} {c['bits_per_weight']:6.2f} "
+                     f"{c['kl_divergence']:9.2e} {100 * c['top1_agreement']:6.1f}% {c['prompt_tps']:11.1f} "
+                     f"{c['generation_tps']:15.1f}")
+    lines.append(f"  AUTO chose {decision['chosen_precision']}: {decision['why']}")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-reference", action="store_true", help="do not run llama.cpp's converter")
-    ap.add_argument("--only", choices=["converter", "workflow", "scale"])
+    ap.add_argument("--only", choices=["converter", "workflow", "scale", "speed"])
     ap.add_argument("--models", nargs="+", choices=[*SHAPES, *LLAMA_SHAPES, *DEEPSEEK_SHAPES],
                     default=[*SHAPES, *LLAMA_SHAPES, *DEEPSEEK_SHAPES],
                     help="the checkpoints of the converter benchmark (default: all)")
@@ -489,6 +522,8 @@ def main() -> None:
         bench_workflow(cache, a.repeat, not a.skip_reference)
     if a.only in (None, "scale"):
         bench_scale(a.repeat)
+    if a.only in (None, "speed"):
+        bench_speed(cache)
 
 
 if __name__ == "__main__":

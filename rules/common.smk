@@ -158,21 +158,13 @@ def pair_output_inputs(wildcards, split=False):
     pairs = (PAIRS, DIRECT_PAIRS, pair, where, CONFIG_DIR, MODELS, model)
     cfg = stop_on_config_error(pipeline.pair_settings, *pairs)
     source = stop_on_config_error(jobs.output_source, cfg, wildcards.precision, where)
-    if not hub_pending(model):  # else: checked once downloaded (model_ready)
-        checked_model(model)
     if pipeline.shares_candidate(PAIRS, cfg, wildcards.precision):
         precision = pipeline.canonical_precision(wildcards.precision)
         inputs = {
             "gguf": candidate(model, precision)
         }  # made once (rules/auto.smk), copied
-        source = source._replace(imatrix=False)
-    elif source.copy_of:
-        inputs = {"gguf": intermediate(model, source.copy_of)}
     else:
-        tool = llama_tool("llama-quantize")
-        inputs = {"gguf": full_precision(wildcards), "tool": tool}
-    if source.imatrix:
-        inputs["imatrix"] = f"{OUT}/imatrix/{model}.gguf"
+        inputs = source_inputs(wildcards, source)
     if split and not pipeline.split_arguments(cfg):
         raise WorkflowError(
             f"{stem}/: pair {pair} is not split (its YAML sets no SPLIT_MAX_SIZE or "
@@ -188,21 +180,25 @@ def candidate(model, precision):
 
 def candidate_inputs(wildcards):
     """What a candidate is made from: as a pair's output with no llama-quantize option (jobs.output_source)."""
-    model, precision = wildcards.model, wildcards.precision
-    where = candidate(model, precision)
-    source = stop_on_config_error(jobs.output_source, {}, precision, where)
-    if not hub_pending(model):
+    where = candidate(wildcards.model, wildcards.precision)
+    source = stop_on_config_error(jobs.output_source, {}, wildcards.precision, where)
+    return source_inputs(wildcards, source)
+
+
+def source_inputs(wildcards, source):
+    """The inputs of a GGUF made from the model as jobs.output_source says: the converter's output at that
+    precision, or the intermediate with llama-quantize and, when used, the model's importance matrix.
+    """
+    model = wildcards.model
+    if not hub_pending(model):  # else: checked once downloaded (model_ready)
         checked_model(model)
     if source.copy_of:
         inputs = {"gguf": intermediate(model, source.copy_of)}
     else:
-        inputs = {
-            "gguf": full_precision(wildcards),
-            "tool": llama_tool("llama-quantize"),
-        }
-    return inputs | (
-        {"imatrix": f"{OUT}/imatrix/{model}.gguf"} if source.imatrix else {}
-    )
+        tool = llama_tool("llama-quantize")
+        inputs = {"gguf": full_precision(wildcards), "tool": tool}
+    imatrix = {"imatrix": f"{OUT}/imatrix/{model}.gguf"} if source.imatrix else {}
+    return inputs | imatrix
 
 
 def auto_candidates(wildcards):

@@ -40,8 +40,10 @@ onstart:
 onsuccess:
     slurm_retries()
     pipeline.print_summary(default_outputs())
+    jobs.cancel_rescheduling_timers()  # or the process waits a second to exit
 
 
 onerror:
     slurm_retries()
     pipeline.print_summary(default_outputs(), log)
+    jobs.cancel_rescheduling_timers()

@@ -79,9 +79,11 @@ rule checksum:
         "../envs/converter.yaml"
     resources:
         cpus=1,
+    params:
+        script=script_path("checksum.py"),
+        code=code_digest("checksum.py", "hf2gguf/atomic.py"),
     shell:
-        "(cd $(dirname {input:q}) && find $(basename {input:q}) -name '*.gguf' | sort | xargs sha256sum)"
-        " > {output:q}.tmp 2> {log:q} && mv {output:q}.tmp {output:q}"
+        "python {params.script:q} {input:q} {output:q} > {log:q} 2>&1"
 
 
 rule plot:

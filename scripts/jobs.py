@@ -133,3 +133,20 @@ def budget_arguments(inputs) -> str:
     """scripts/budget.py's --report and --speed, for those among a budget check's inputs."""
     names = inputs.keys()
     return " ".join(f"--{name} {shlex.quote(inputs[name])}" for name in ("report", "speed") if name in names)
+
+
+def cancel_rescheduling_timers() -> int:
+    """Cancels the wake-up timers that Snakemake's job scheduler leaves behind, and returns how many.
+
+    With its job rate limiter on (always, outside dry runs: --max-jobs-per-timespan, default 100/1s), every pass
+    of the scheduler (JobScheduler._schedule_reevalutation, Snakemake 9) starts a threading.Timer that wakes it
+    again a second later. Timers are not daemon threads, so Python waits for the last one before it exits: every
+    run that executes a job ended about a second after its work was done. Called from onsuccess and onerror,
+    when the scheduler has stopped and nothing waits for a wake-up."""
+    import threading
+
+    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)
+              and "JobScheduler._schedule_reevalutation" in getattr(t.function, "__qualname__", "")]
+    for t in timers:
+        t.cancel()
+    return len(timers)

@@ -37,11 +37,14 @@ def test_the_same_as_ggufs_reader(ggufs):
     assert read_header(ggufs[-1])[0]["hf2gguf.precision"] == "Q4_K_M"  # llama-quantize's override
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not a gguf"])
+@pytest.mark.parametrize("damage", ["truncated in the vocabulary", "truncated in the tensor infos", "empty",
+                                    "not a gguf"])
 def test_a_damaged_file_raises_value_error(ggufs, tmp_path, damage):
     bad = tmp_path / "bad.gguf"
     raw = ggufs[0].read_bytes()
-    bad.write_bytes(raw[:5000] if damage == "truncated" else b"GGML" + raw[4:])
+    infos = raw.index(b"token_embd.weight")  # the tensor infos follow the KVs
+    bad.write_bytes({"truncated in the vocabulary": raw[:5000], "truncated in the tensor infos": raw[:infos + 5],
+                     "empty": b"", "not a gguf": b"GGML" + raw[4:]}[damage])
     with pytest.raises(ValueError, match="bad.gguf: not a readable GGUF header"):
         read_header(bad)
 

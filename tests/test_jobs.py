@@ -1,14 +1,18 @@
 """Unit tests of the decisions the rules take from scripts/ (jobs.py, and the workflow's parts of pipeline.py,
 hub_download.py and llama_toolchain.py): which inputs a pair's output needs, what a job asks of a cluster, the
-code digests that rerun jobs, where the tools and Hub models are."""
+code digests that rerun jobs, where the tools and Hub models are, and the end of a run."""
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
+import subprocess
+import sys
+import threading
 
 import pytest
-from conftest import make_gpt2
+from conftest import ROOT, make_gpt2
 
 import hub_download
 import jobs
@@ -211,3 +215,37 @@ def test_the_cecaiserve_entry_point_builds_each_model_of_a_list(tmp_path):
     general.write_text("MODEL_NAME: [a, 3]\n")
     with pytest.raises(ConfigError, match="MODEL_NAME must be"):
         pipeline.pair_targets(tmp_path, "GPU_LLM_LLAMA")
+
+
+# --- the end of a run: Snakemake's rescheduling timers ---------------------------------------------------------
+class JobScheduler:  # named as Snakemake's, whose timers jobs.cancel_rescheduling_timers looks for
+    def _schedule_reevalutation(self, delay):
+        timer = threading.Timer(delay, lambda: None)
+        timer.start()
+        return timer
+
+
+def test_only_the_schedulers_timers_are_cancelled():
+    ours, other = JobScheduler()._schedule_reevalutation(60), threading.Timer(60, lambda: None)
+    other.start()
+    try:
+        assert jobs.cancel_rescheduling_timers() == 1
+        ours.join(5)
+        assert not ours.is_alive() and other.is_alive()
+    finally:
+        other.cancel()
+        ours.cancel()
+
+
+def test_snakemake_leaves_a_timer_that_the_end_of_run_hook_cancels(tmp_path):
+    """The installed Snakemake still starts the timers the hook looks for (a renamed method would make the hook
+    find none, and every run would again end a second late), and the hook finds them where it runs."""
+    (tmp_path / "Snakefile").write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT / 'scripts')!r})\nimport jobs\n\n"
+        "rule a:\n    output: 'a.txt'\n    shell: 'touch {output}'\n\n"
+        "onsuccess:\n    print('timers cancelled:', jobs.cancel_rescheduling_timers())\n")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=tmp_path, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    found = re.search(r"timers cancelled: (\d+)", run.stdout + run.stderr)
+    assert found and int(found.group(1)) >= 1, run.stdout + run.stderr

@@ -394,8 +394,9 @@ def breakdown(wf: Path, env: dict, repeat: int, total: float, floor: float) -> l
             sys.executable, "scripts/quantize.py", f16, scratch / f"{pair}.gguf", precision, "--threads", threads,
             "--llama-quantize", quantize]
         jobs[f"  of which llama-quantize {precision} alone"] = [quantize, f16, scratch / "q.gguf", precision, threads]
-    jobs["checksum x 4 (sha256sum, 2 at a time)"] = [
-        "sh", "-c", "ls outputs/*_LLAMA/*.gguf | xargs -n 1 -P 2 sha256sum"]
+    jobs["checksum x 4 (scripts/checksum.py, 2 at a time)"] = [
+        "sh", "-c", f"for f in outputs/*_LLAMA/*.gguf; do echo $f; done | "
+        f"xargs -P 2 -I @ {sys.executable} scripts/checksum.py @ scratch/@.sha256"]
     jobs["  fingerprint, first run only (sha256 of the model)"] = [  # as the job graph computes it, from nothing
         sys.executable, "-c", "import sys, tempfile; sys.path.insert(0, 'scripts'); import pipeline; "
         "pipeline.fingerprint('models', 'bench', tempfile.mkdtemp())"]

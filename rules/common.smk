@@ -7,7 +7,6 @@ import os
 import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 # This workflow's own folder, also when it is used as a module of another workflow (workflow.basedir is then
 # the outer workflow's).
@@ -24,12 +23,12 @@ from pipeline import ConfigError
 
 
 def validated(data, schema, path):
-    """snakemake.utils.validate, with the file named in the error."""
-    try:
-        validate(data, os.path.join(SCHEMAS, schema), set_default=True)
-    except WorkflowError as e:
-        raise WorkflowError(f"{path} is invalid:\n{e}") from None
-    return data
+    """data (the YAML at path) checked against the schema, with its defaults filled in (pipeline.validate_config,
+    as snakemake.utils.validate); a module's skip_validation skips it, as it does Snakemake's."""
+    if workflow.modifier.skip_validation:
+        return data
+    schema = os.path.relpath(os.path.join(SCHEMAS, schema))
+    return stop_on_config_error(pipeline.validate_config, data, schema, path)
 
 
 def stop_on_config_error(fn, *args):

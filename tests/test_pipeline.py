@@ -1,6 +1,9 @@
 """Unit tests of the workflow logic in scripts/pipeline.py and scripts/quantize.py."""
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 from conftest import make_gpt2
 
@@ -95,3 +98,47 @@ def test_direct_precision_is_copied(tmp_path):
     src.write_bytes(b"GGUF...")
     quantize.quantize(src, tmp_path / "o.gguf", "F16")
     assert (tmp_path / "o.gguf").read_bytes() == b"GGUF..." and (tmp_path / "o.gguf").stat().st_ino != src.stat().st_ino
+
+
+# --- the configuration files' schemas (pipeline.validate_config), against Snakemake's own validate ------------
+SCHEMAS = Path(__file__).resolve().parent.parent / "rules" / "schemas"
+
+
+@pytest.mark.parametrize("schema,data", [
+    ("converter_args.schema.yaml", {"MODEL_NAME": "gpt2"}),
+    ("converter_args.schema.yaml", {"MODEL_NAME": ["a", "b"], "VALIDATE": False, "HUB_MODELS": {"a": "o/a"}}),
+    ("converter_args.schema.yaml", {"MODEL_NAME": 17}),
+    ("converter_args.schema.yaml", {"MODEL_NAME": "../x"}),
+    ("converter_args.schema.yaml", {}),
+    ("pair.schema.yaml", {"PRECISION": "Q4_K_M"}),
+    ("pair.schema.yaml", {"PRECISION": "AUTO", "MAX_KLD": 0.01, "MAX_FILE_SIZE": "2G"}),
+    ("pair.schema.yaml", {"PRECISION": 4}),
+    ("pair.schema.yaml", {"PRECISION": "Q4_0", "SPLIT_MAX_SIZE": "2GB"}),
+    ("pair.schema.yaml", {"PRECISION": "Q4_0", "NO_SUCH_FIELD": 1}),
+])
+def test_the_same_verdict_and_defaults_as_snakemakes_validate(schema, data):
+    """snakemake.utils.validate (the reference) and ours accept and refuse the same files and fill in the same
+    defaults."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    theirs, ours = copy.deepcopy(data), copy.deepcopy(data)
+    try:
+        validate(theirs, str(SCHEMAS / schema), set_default=True)
+        refused = None
+    except WorkflowError as e:
+        refused = str(e)
+    if refused is None:
+        assert pipeline.validate_config(ours, str(SCHEMAS / schema), "x.yaml") == theirs
+        assert len(ours) > len(data)  # the defaults are in
+    else:
+        with pytest.raises(ConfigError, match=r"^x\.yaml is invalid: .*\(schema: .*\)") as e:
+            pipeline.validate_config(ours, str(SCHEMAS / schema), "x.yaml")
+        message = str(e.value).split(": ", 1)[1].rsplit(" (schema", 1)[0].split(": ", 1)[-1]
+        assert message in refused, (message, refused)
+
+
+def test_a_refusal_names_the_file_and_the_field():
+    with pytest.raises(ConfigError, match=r"^c/P/p\.yaml is invalid: SPLIT_MAX_SIZE: '2GB' does not match"):
+        pipeline.validate_config({"PRECISION": "Q4_0", "SPLIT_MAX_SIZE": "2GB"}, str(SCHEMAS / "pair.schema.yaml"),
+                                 "c/P/p.yaml")

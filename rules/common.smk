@@ -24,7 +24,8 @@ from pipeline import ConfigError
 
 def validated(data, schema, path):
     """data (the YAML at path) checked against the schema, with its defaults filled in (pipeline.validate_config,
-    as snakemake.utils.validate); a module's skip_validation skips it, as it does Snakemake's."""
+    as snakemake.utils.validate); a module's skip_validation skips it, as it does Snakemake's.
+    """
     if workflow.modifier.skip_validation:
         return data
     schema = os.path.relpath(os.path.join(SCHEMAS, schema))

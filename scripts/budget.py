@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from hf2gguf.atomic import atomic_path
+from hf2gguf.atomic import write_json
 from pipeline import BUDGETS, gguf_files
 
 # field: (what is measured, where it is read, "max" or "min"); the fields are pipeline.BUDGETS
@@ -94,8 +94,7 @@ def main(argv=None) -> int:
     broken = [describe(c) for c in checks if not c["ok"]]
     result = {"gguf": str(a.gguf), "budget_ok": not broken, "checks": checks, "broken": broken,
               "enforced": a.enforce}
-    with atomic_path(a.output) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(a.output, result)
     if broken:
         print(f"{a.gguf} breaks the budget of {a.where}: {'; '.join(broken)}", file=sys.stderr)
         if a.enforce:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from budget import BUDGET_FIELDS, check, describe
-from hf2gguf.atomic import atomic_path
+from hf2gguf.atomic import write_json
 
 RULE = "the smallest file among the candidates that meet every budget"
 CLOSEST = 3  # candidates named when none fits
@@ -96,8 +96,7 @@ def main(argv=None) -> int:
     i = a.precisions.index(decision["chosen_precision"])
     measured = {k: v for k, v in {**speeds[i], **reports[i]}.items() if k != "gguf"}
     result = {"gguf": a.gguf, **measured, "chosen_candidate": reports[i]["gguf"], **decision}
-    with atomic_path(a.output) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(a.output, result)
     print(f"{a.gguf}: {decision['why']}", file=sys.stderr)
     return 0
 

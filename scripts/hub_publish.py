@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2gguf import __version__ as CONVERTER_VERSION
-from hf2gguf.atomic import atomic_path
+from hf2gguf.atomic import write_json
 from llama_toolchain import LLAMA_BUILD, LLAMA_BUILD_COMMIT
 from pipeline import gguf_files
 
@@ -379,8 +379,7 @@ def main(argv=None) -> int:
     except PublishError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    with atomic_path(a.output) as tmp:
-        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    write_json(a.output, record)
     print(f"{a.output}: {record['url']} at commit {record['commit']}", file=sys.stderr)
     return 0
 

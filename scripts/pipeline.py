@@ -229,7 +229,9 @@ def validate_config(data: dict, schema: str, path) -> dict:
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data))
     if error is not None:
         field = "/".join(str(p) for p in error.absolute_path)
-        raise ConfigError(f"{path} is invalid: {field + ': ' if field else ''}{error.message} (schema: {schema})")
+        about = error.schema.get("description") if isinstance(error.schema, dict) else None
+        raise ConfigError(f"{path} is invalid: {field + ': ' if field else ''}{error.message} (schema: {schema})"
+                          + (f"\n{field}: {' '.join(about.split())}" if field and about else ""))
     return data
 
 

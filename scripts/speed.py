@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from hf2gguf.atomic import atomic_path
+from hf2gguf.atomic import write_json
 from pipeline import gguf_files, speed_summary
 
 # what llama-bench reports of where it ran, copied into the report as it is
@@ -85,8 +85,7 @@ def main(argv=None) -> int:
         report = bench(a.gguf, a.llama_bench, a.prompt, a.gen, a.repetitions, a.threads, a.gpu_layers)
     except ValueError as e:  # an incomplete folder of shards (pipeline.gguf_files says which and what to do)
         raise SystemExit(f"error: {e}") from None
-    with atomic_path(a.output) as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(a.output, report)
     print(f"{report['gguf']}: {speed_summary(report)}", file=sys.stderr)
     return 0
 

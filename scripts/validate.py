@@ -11,14 +11,13 @@ time and the llama.cpp build.
 
 import argparse
 import collections
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from hf2gguf.atomic import atomic_path
+from hf2gguf.atomic import write_json
 from llama_toolchain import installed_build
 from pipeline import converter_of_gguf, gguf_files, validation_summary
 
@@ -126,8 +125,7 @@ def main(argv=None) -> int:
         report = validate(a.gguf, a.kld_base, a.perplexity, a.text, a.ctx, a.threads)
     except ValueError as e:  # an incomplete folder of shards (pipeline.gguf_files says which and what to do)
         raise SystemExit(f"error: {e}") from None
-    with atomic_path(a.output) as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(a.output, report)
     print(validation_summary(report), file=sys.stderr)
     return 0
 

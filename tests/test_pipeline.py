@@ -138,7 +138,8 @@ def test_the_same_verdict_and_defaults_as_snakemakes_validate(schema, data):
         assert message in refused, (message, refused)
 
 
-def test_a_refusal_names_the_file_and_the_field():
-    with pytest.raises(ConfigError, match=r"^c/P/p\.yaml is invalid: SPLIT_MAX_SIZE: '2GB' does not match"):
+def test_a_refusal_names_the_file_and_the_field_and_says_what_the_field_is():
+    with pytest.raises(ConfigError, match=r"^c/P/p\.yaml is invalid: SPLIT_MAX_SIZE: '2GB' does not match") as e:
         pipeline.validate_config({"PRECISION": "Q4_0", "SPLIT_MAX_SIZE": "2GB"}, str(SCHEMAS / "pair.schema.yaml"),
                                  "c/P/p.yaml")
+    assert "\nSPLIT_MAX_SIZE: Split the output into shards" in str(e.value)  # the field's description

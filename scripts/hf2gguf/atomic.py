@@ -43,3 +43,11 @@ def atomic_folder(out: str | Path):
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(out: str | Path, data) -> None:
+    """data as indented JSON (UTF-8) in out, atomically: a job's report is either whole or absent."""
+    import json
+
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -356,10 +356,10 @@ def fingerprint(models_dir: str, model: str, out_dir: str) -> str:
     Conversion depends on this small file instead of the raw shards, so staleness follows content, not mtimes:
     after a fresh checkout (new mtimes everywhere) the file is rewritten only if some content changed, and
     otherwise keeps its old mtime. Hashes are cached by (size, mtime, inode) in .<model>.stat.json beside
-    it, so an unchanged folder costs a stat per file."""
+    it, so an unchanged folder costs a stat per file; new or changed files are hashed in parallel, a core each."""
     import hashlib
-    import json
     import sys
+    from concurrent.futures import ThreadPoolExecutor
 
     files = model_files(models_dir, model)
     out = Path(out_dir)
@@ -369,23 +369,23 @@ def fingerprint(models_dir: str, model: str, out_dir: str) -> str:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
-    digests, fresh = {}, {}
-    for f in files:
-        st = os.stat(f)
-        key = [st.st_size, st.st_mtime_ns, st.st_ino]
-        known = cache.get(f)
-        if isinstance(known, dict) and known.get("stat") == key:
-            digest = known["sha256"]
-        else:
-            if st.st_size > 100 * 2**20:
-                print(f"fingerprinting {f} ({st.st_size / 2**30:.1f} GiB)", file=sys.stderr, flush=True)
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(8 * 2**20), b""):
-                    h.update(block)
-            digest = h.hexdigest()
-        digests[Path(f).name] = digest
-        fresh[f] = {"stat": key, "sha256": digest}
+
+    def sha256(f: str, size: int) -> str:
+        if size > 100 * 2**20:
+            print(f"fingerprinting {f} ({size / 2**30:.1f} GiB)", file=sys.stderr, flush=True)
+        with open(f, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    stats = {f: os.stat(f) for f in files}
+    keys = {f: [st.st_size, st.st_mtime_ns, st.st_ino] for f, st in stats.items()}
+    known = {f: cache[f]["sha256"] for f in files
+             if isinstance(cache.get(f), dict) and cache[f].get("stat") == keys[f]}
+    stale = [f for f in files if f not in known]
+    if stale:  # the shards of a model in parallel: hashlib releases the GIL, so each core hashes one
+        with ThreadPoolExecutor(max_workers=min(len(stale), os.cpu_count() or 1, 8)) as pool:
+            known.update(zip(stale, pool.map(lambda f: sha256(f, stats[f].st_size), stale)))
+    digests = {Path(f).name: known[f] for f in files}
+    fresh = {f: {"stat": keys[f], "sha256": known[f]} for f in files}
     text = json.dumps({"model": model, "files": digests}, indent=1, sort_keys=True) + "\n"
     for path, content in ((target, text), (cache_path, json.dumps(fresh) + "\n")):
         if not path.exists() or path.read_text() != content:

@@ -143,3 +143,41 @@ def test_a_refusal_names_the_file_and_the_field_and_says_what_the_field_is():
         pipeline.validate_config({"PRECISION": "Q4_0", "SPLIT_MAX_SIZE": "2GB"}, str(SCHEMAS / "pair.schema.yaml"),
                                  "c/P/p.yaml")
     assert "\nSPLIT_MAX_SIZE: Split the output into shards" in str(e.value)  # the field's description
+
+
+# --- the model folder's fingerprint (what conversion depends on) ---------------------------------------------
+def test_fingerprint_hashes_every_shard_and_then_only_what_changed(tmp_path):
+    import hashlib
+    import json
+    import os
+
+    folder = tmp_path / "models/m"
+    folder.mkdir(parents=True)
+    files = {"config.json": b"{}", "README.md": b"not read by conversion"}
+    files.update({f"model-0000{i}-of-00003.safetensors": os.urandom(300_000 * i) for i in (1, 2, 3)})
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    out = pipeline.fingerprint(str(tmp_path / "models"), "m", str(tmp_path / "fp"))
+    expected = {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != "README.md"}
+    assert json.loads(Path(out).read_text()) == {"model": "m", "files": expected}
+    before = Path(out).stat().st_mtime_ns
+
+    # same size, mtime and inode: taken from the cache, not read again (so the changed bytes go unseen)
+    shard = folder / "model-00002-of-00003.safetensors"
+    st = shard.stat()
+    with open(shard, "r+b") as f:
+        f.write(b"X")
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    pipeline.fingerprint(str(tmp_path / "models"), "m", str(tmp_path / "fp"))
+    assert json.loads(Path(out).read_text())["files"] == expected and Path(out).stat().st_mtime_ns == before
+
+    # a new mtime with the same content (a fresh checkout) leaves the fingerprint as it was
+    os.utime(folder / "model-00001-of-00003.safetensors")
+    pipeline.fingerprint(str(tmp_path / "models"), "m", str(tmp_path / "fp"))
+    assert Path(out).stat().st_mtime_ns == before
+
+    # a new mtime on the changed shard: read again, and the fingerprint changes
+    os.utime(shard)
+    pipeline.fingerprint(str(tmp_path / "models"), "m", str(tmp_path / "fp"))
+    assert json.loads(Path(out).read_text())["files"] == {
+        **expected, shard.name: hashlib.sha256(shard.read_bytes()).hexdigest()}

@@ -7,9 +7,10 @@
 With --llama-quantize, runs `llama-quantize IN TMP TYPE N` and renames TMP to OUT on success (a failed
 llama-quantize leaves a partial file, which must never look done). IN must then be full precision (F32, F16,
 BF16): quantizing an already quantized model again (llama-quantize's --allow-requantize) is refused.
-Without --llama-quantize, IN already has the wanted type: OUT becomes a copy of it. (Not a hard link:
-Snakemake touches an output no newer than its input, and through a shared inode that would make the input
-look updated.)
+Without --llama-quantize, IN already has the wanted type: OUT becomes a copy of it, made in the kernel with
+copy_file_range, which file systems with shared extents (Btrfs, XFS, ZFS, NFS 4.2 servers) turn into a clone that
+takes no time and no space until one side changes. (Not a hard link: Snakemake touches an output no newer than
+its input, and through a shared inode that would make the input look updated.)
 
 With --gguf-split and --split-max-size N(M|G) or --split-max-tensors N, OUT is a folder of shards that
 llama.cpp loads from the first one: OUT/NAME-00001-of-0000M.gguf ... (NAME is OUT's name), written by
@@ -19,6 +20,7 @@ llama-gguf-split into a temporary folder that becomes OUT when complete.
 """
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -171,6 +173,23 @@ def llama_quantize(tool: str, src: Path, dest: Path, qtype: str, threads: int, o
                          f"{src}; its messages are above.{hint}")
 
 
+def copy_file(src: Path, dest: Path) -> None:
+    """src's bytes into dest with copy_file_range: a clone where the file system shares extents, else an in-kernel
+    copy; shutil.copyfile (sendfile, Python 3.11) where the kernel refuses it (another file system, before 5.3)."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        left = os.fstat(fin.fileno()).st_size
+        try:
+            while left > 0:
+                done = os.copy_file_range(fin.fileno(), fout.fileno(), min(left, 2**30))
+                if done == 0:
+                    break
+                left -= done
+        except OSError:  # EXDEV, ENOSYS, EOPNOTSUPP, EINVAL
+            left = -1
+    if left != 0:
+        shutil.copyfile(src, dest)
+
+
 def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | None = None,
              options: list[str] = (), split: list[str] = (), gguf_split: str | None = None) -> None:
     if not split:
@@ -179,7 +198,7 @@ def quantize(src: Path, out: Path, qtype: str, threads: int = 1, tool: str | Non
                 llama_quantize(tool, src, tmp, qtype, threads, options, out)
             else:
                 print(f"{src} is already {qtype}: copying it to {out}", file=sys.stderr, flush=True)
-                shutil.copyfile(src, tmp)
+                copy_file(src, tmp)
         return
     with atomic_folder(out) as folder:
         whole = src  # a direct precision is split from the intermediate itself

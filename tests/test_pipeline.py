@@ -181,3 +181,56 @@ def test_fingerprint_hashes_every_shard_and_then_only_what_changed(tmp_path):
     pipeline.fingerprint(str(tmp_path / "models"), "m", str(tmp_path / "fp"))
     assert json.loads(Path(out).read_text())["files"] == {
         **expected, shard.name: hashlib.sha256(shard.read_bytes()).hexdigest()}
+
+
+# --- a direct precision's output: a kernel copy (a clone where the file system can) -----------------------
+@pytest.mark.parametrize("kernel", ["copy_file_range", "refused"])
+def test_copy_file(tmp_path, monkeypatch, kernel):
+    import errno
+    import os
+
+    src = tmp_path / "in.gguf"
+    src.write_bytes(os.urandom(3 * 2**20 + 17))
+    if kernel == "refused":  # another file system on an old kernel: shutil's copy instead
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "cross-device")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    quantize.copy_file(src, tmp_path / "out.gguf")
+    assert (tmp_path / "out.gguf").read_bytes() == src.read_bytes()
+    assert (tmp_path / "out.gguf").stat().st_ino != src.stat().st_ino
+
+
+def test_a_direct_precisions_copy_is_a_clone_where_the_file_system_shares_extents(tmp_path):
+    """On Btrfs (an image mounted through a loop device) the output of a direct precision takes no space of its
+    own, where shutil's copy doubles it. Needs root and btrfs-progs, which .ci/run installs."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("mkfs.btrfs"):
+        assert not os.environ.get("CI"), "CI runs as root with btrfs-progs (.ci/run installs it)"
+        pytest.skip("needs root and mkfs.btrfs")
+    image, mnt = tmp_path / "btrfs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(512 * 2**20)
+    subprocess.run(["mkfs.btrfs", "-q", image], check=True, capture_output=True)
+    mounted = subprocess.run(["mount", "-o", "loop", image, mnt], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"no loop device here: {mounted.stderr.strip()}")
+    try:
+        def used():
+            os.sync()
+            st = os.statvfs(mnt)
+            return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+        (mnt / "in.gguf").write_bytes(os.urandom(64 * 2**20))
+        before = used()
+        quantize.copy_file(mnt / "in.gguf", mnt / "clone.gguf")
+        cloned = used() - before
+        shutil.copyfile(mnt / "in.gguf", mnt / "copy.gguf")
+        copied = used() - before - cloned
+        assert (mnt / "clone.gguf").read_bytes() == (mnt / "in.gguf").read_bytes()
+        assert copied > 60 * 2**20 and cloned < 4 * 2**20, (cloned, copied)
+    finally:
+        subprocess.run(["umount", mnt], check=True)

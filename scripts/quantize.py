@@ -8,7 +8,7 @@ With --llama-quantize, runs `llama-quantize IN TMP TYPE N` and renames TMP to OU
 llama-quantize leaves a partial file, which must never look done). IN must then be full precision (F32, F16,
 BF16): quantizing an already quantized model again (llama-quantize's --allow-requantize) is refused.
 Without --llama-quantize, IN already has the wanted type: OUT becomes a copy of it, made in the kernel with
-copy_file_range, which file systems with shared extents (Btrfs, XFS, ZFS, NFS 4.2 servers) turn into a clone that
+copy_file_range, which file systems with shared extents (Btrfs, XFS with reflink) turn into a clone that
 takes no time and no space until one side changes. (Not a hard link: Snakemake touches an output no newer than
 its input, and through a shared inode that would make the input look updated.)
 

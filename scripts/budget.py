@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from hf2gguf.atomic import write_json
-from pipeline import BUDGETS, gguf_files
+from pipeline import gguf_files
 
 # field: (what is measured, where it is read, "max" or "min"); the fields are pipeline.BUDGETS
 BUDGET_FIELDS = {

@@ -9,7 +9,8 @@ when benchmarked, its .speed.json (the card's speed columns); a pair is publishe
 report, and only when its files still match their .sha256. The
 repository (created when missing, private unless --visibility public) gets <PAIR>/<model>-<PRECISION>.gguf (or
 the folder <PAIR>/<model>-<PRECISION>/ of its shards) with its .sha256, a model card (README.md) and
-.hf2gguf-published.json, the list of the files this script put there.
+.hf2gguf-published.json, the list of the files this script put there. A pair of PRECISION: AUTO is published under
+the precision it chose (<PAIR>/<model>-Q4_K_M.gguf, not <model>-AUTO.gguf), with a .sha256 that names that file.
 
 One commit per run, holding only what changed: a file whose sha256 (LFS) or git blob id (regular files) is already
 the repository's is not sent again, and when nothing changed no commit is made. Files that an earlier publish put
@@ -71,7 +72,14 @@ class PairOutput:
     precision: str
     gguf: Path  # the GGUF, or the folder of its shards
     checksum: Path  # its .gguf.sha256
-    report: dict  # its validation report
+    report: dict  # its validation report (an AUTO pair's: its decision, which holds the chosen file's figures)
+    auto: bool = False  # PRECISION: AUTO, and precision is the one it chose
+
+    @property
+    def name(self) -> str:
+        """The GGUF's (or its folder's) name in the repository: an AUTO pair's is named for the precision it chose,
+        since "AUTO" says nothing once the file has left the workflow."""
+        return self.gguf.name.replace("-AUTO.gguf", f"-{self.precision}.gguf") if self.auto else self.gguf.name
 
 
 def pair_outputs(inputs: list[str], model: str) -> list[PairOutput]:
@@ -94,7 +102,13 @@ def pair_outputs(inputs: list[str], model: str) -> list[PairOutput]:
         name = Path(stem).name
         if not name.startswith(f"{model}-"):
             raise PublishError(f"{report} is not an output of {model}")
-        outputs.append(PairOutput(Path(stem).parent.name, name[len(model) + 1:], Path(gguf), checksum, data))
+        precision = name[len(model) + 1:]
+        auto = precision == "AUTO"
+        if auto and not data.get("chosen_precision"):
+            raise PublishError(f"{report} is not the decision of a PRECISION: AUTO pair (no chosen_precision): "
+                               "run snakemake again to remake it")
+        outputs.append(PairOutput(Path(stem).parent.name, data["chosen_precision"] if auto else precision, Path(gguf),
+                                  checksum, data, auto))
     return outputs
 
 
@@ -146,7 +160,8 @@ def checksums(path: Path) -> dict[str, str]:
 def pair_files(output: PairOutput) -> dict[str, Local]:
     """{path in the repository: file} of one pair: <PAIR>/<model>-<PRECISION>.gguf, or its shards under
     <PAIR>/<model>-<PRECISION>/, and the .gguf.sha256, whose lines name the files relative to <PAIR>/. Each GGUF
-    must still have the sha256 its .sha256 file recorded when it was validated."""
+    must still have the sha256 its .sha256 file recorded when it was validated. An AUTO pair's file goes up under
+    the chosen precision's name, with a .sha256 written for that name."""
     listed = checksums(output.checksum)
     files = {}
     try:
@@ -159,7 +174,10 @@ def pair_files(output: PairOutput) -> dict[str, Local]:
         if listed.get(name) != digest:
             raise PublishError(f"{f} does not match its checksum in {output.checksum}: it changed after it was "
                                "validated. Run snakemake again to rebuild and validate it")
-        files[f"{output.pair}/{name}"] = Local(f, digest, f.stat().st_size)
+        files[f"{output.pair}/{output.name if output.auto else name}"] = Local(f, digest, f.stat().st_size)
+    if output.auto:  # one file (an AUTO pair is never split); its checksum in scripts/checksum.py's format
+        files[f"{output.pair}/{output.name}.sha256"] = Local.of_bytes(f"{digest}  {output.name}\n".encode())
+        return files
     data = output.checksum.read_bytes()
     files[f"{output.pair}/{output.checksum.name}"] = Local(output.checksum, hashlib.sha256(data).hexdigest(), len(data))
     return files
@@ -242,9 +260,9 @@ def model_card(model: str, repo: str, outputs: list[PairOutput], quantized_by: s
     rows = []
     for o in outputs:
         r = o.report
-        name = f"{o.pair}/{o.gguf.name}"
+        name = f"{o.pair}/{o.name}"
         where = f"`{name}/` ({r.get('files', 1)} shards)" if o.gguf.is_dir() else f"`{name}`"
-        cells = [o.pair, o.precision, where, human_size(r["file_bytes"]), f"{r['bits_per_weight']:.2f}",
+        cells = [o.pair, f"{o.precision} (AUTO)" if o.auto else o.precision, where, human_size(r["file_bytes"]), f"{r['bits_per_weight']:.2f}",
                  f"{r['kl_divergence']:.6f}", f"{100 * r['top1_agreement']:.1f}%", f"{r['perplexity']:.2f}"]
         rows.append(cells + [f"{r[k]:.1f}" if k in r else "-" for k in speeds])
     tokens = sorted({o.report.get("evaluated_tokens") for o in outputs} - {None})
@@ -260,11 +278,13 @@ def model_card(model: str, repo: str, outputs: list[PairOutput], quantized_by: s
               f"{'/'.join(map(str, tokens)) or 'the'} tokens of the workflow's evaluation text: KLD is the mean KL "
               "divergence of its next-token distributions from the full-precision ones, Top-1 how often both rank "
               "the same token first, PPL the perplexity on that text." + (
-                  " Speeds were measured on the pair's target." if speeds else ""),
+                  " Speeds were measured on the pair's target." if speeds else "") + (
+                  " A precision marked (AUTO) was chosen by the workflow for the pair's budget: the smallest of the "
+                  "candidates it measured that met it." if any(o.auto for o in outputs) else ""),
               "",
               "Each file has its sha256 beside it: `sha256sum -c <file>.gguf.sha256` in the pair's folder checks it."]
     if example:
-        path = f"{example.pair}/{example.gguf.name}"
+        path = f"{example.pair}/{example.name}"
         fetch = (f"hf download {repo} --include '{path}/*' --local-dir ." if example.gguf.is_dir()
                  else f"hf download {repo} {path} --local-dir .")
         first = f"{path}/{gguf_files(example.gguf)[0].name}" if example.gguf.is_dir() else path

@@ -161,6 +161,39 @@ def test_a_changed_precision_is_published_in_a_new_commit(wf, hub, tmp_path):
     assert f"| {new} |" in read_back(hub, "README.md", tmp_path).decode()
 
 
+def test_an_auto_pair_is_published_under_the_precision_it_chose(wf, hub, tmp_path):
+    """PRECISION: AUTO end to end: the candidates are made and measured, the choice is published as
+    <model>-<chosen>.gguf with a .sha256 that names it (sha256sum -c passes on a download), and the card says AUTO."""
+    pair = "GPU_LLM_LLAMA"
+    edit_yaml(wf / "configurations" / pair / f"converter_args_{pair.lower()}.yaml",
+              lambda d: d.update(PRECISION="AUTO", AUTO_CANDIDATES=["Q8_0", "Q4_0"]))
+    run = snakemake(wf, env=env(hub, tmp_path))
+    assert run.jobs()["choose"] == 1 and run.jobs()["publish"] == 1, run.output
+    decision = json.loads((wf / "outputs" / pair / f"{MODEL}-AUTO.json").read_text())
+    chosen = decision["chosen_precision"]
+    assert chosen in ("Q8_0", "Q4_0")
+    name = f"{MODEL}-{chosen}.gguf"
+    fixed = expected(wf, {p: v for p, v in PAIRS.items() if p != pair})
+    assert sorted(hub.files(REPO)) == sorted([*fixed, f"{pair}/{name}", f"{pair}/{name}.sha256", "README.md",
+                                              ".hf2gguf-published.json", ".gitattributes"])
+    gguf = read_back(hub, f"{pair}/{name}", tmp_path)
+    assert gguf == (wf / "outputs" / pair / f"{MODEL}-AUTO.gguf").read_bytes()
+    assert gguf == (wf / "outputs" / "candidates" / name).read_bytes()  # the chosen candidate itself
+    download = tmp_path / "download"
+    download.mkdir()
+    (download / name).write_bytes(gguf)
+    (download / f"{name}.sha256").write_bytes(read_back(hub, f"{pair}/{name}.sha256", tmp_path))
+    check = subprocess.run(["sha256sum", "-c", f"{name}.sha256"], cwd=download, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout == f"{name}: OK\n", check.stdout + check.stderr
+    card = read_back(hub, "README.md", tmp_path).decode()
+    row = next(line for line in card.splitlines() if line.startswith(f"| {pair} |"))
+    assert row.startswith(f"| {pair} | {chosen} (AUTO) | `{pair}/{name}` |"), row
+    assert f"{decision['kl_divergence']:.6f}" in row and "chosen by the workflow for the pair's budget" in card
+    assert "AUTO.gguf" not in card
+    for path, local in fixed.items():
+        assert read_back(hub, path, tmp_path) == local.read_bytes(), path
+
+
 def test_without_a_token_it_says_to_set_hf_token(wf, hub, tmp_path):
     run = snakemake(wf, check=False, env=env(hub, tmp_path, token=""))
     assert run.returncode != 0

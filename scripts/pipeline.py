@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from hf2gguf.atomic import atomic_path
-from hf2gguf.peek import full_precision_type
+from hf2gguf.peek import OUR_QUANT_METHODS, full_precision_type, quantization
 
 # Written by our converter directly (no llama-quantize).
 DIRECT_PRECISIONS = ("F32", "F16", "BF16", "Q8_0")
@@ -434,21 +434,15 @@ def model_architectures(models_dir: str, model: str) -> list[str]:
     return names + [n for n in text if isinstance(n, str)]
 
 
-# quantization_config.quant_method of pre-quantized releases: the one our converter reads (gpt-oss's MXFP4
-# experts, kept as they are), and those llama.cpp's converter (b11312) dequantizes in dequant_model (DeepSeek-V3's
-# FP8 blocks among them)
-OUR_QUANT_METHODS = ("mxfp4",)
+# quantization_config.quant_method of the pre-quantized releases llama.cpp's converter (b11312) dequantizes in
+# dequant_model; ours reads hf2gguf.peek.OUR_QUANT_METHODS
 THEIR_QUANT_METHODS = ("bitnet", "compressed-tensors", "fp8", "gptq", "modelopt", "mxfp4")
 
 
 def quant_method(models_dir: str, model: str) -> str | None:
     """The quant_method of config.json's quantization_config (or its text_config's), if any."""
-    config = model_config(models_dir, model)
-    for c in (config, config.get("text_config") or {}):
-        q = c.get("quantization_config") if isinstance(c, dict) else None
-        if isinstance(q, dict) and q.get("quant_method"):
-            return str(q["quant_method"])
-    return None
+    q = quantization(model_config(models_dir, model))
+    return None if q is None else str(q["quant_method"])
 
 
 def _nearest(name: str, known) -> str:

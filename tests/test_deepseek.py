@@ -1,12 +1,12 @@
 """DeepSeek-V3 and V2-Lite beyond the reference and logit comparisons (test_reference.py, test_logits.py: the
 "deepseek-v3" and "deepseek-v2-lite" fixtures, identical to llama.cpp's converter at F32, F16, BF16 and Q8_0): what
 the family's features do to the logits, so that matching transformers proves each is converted; the layout of the
-split kv_b_proj; the multi-token prediction layer left out; the configs that are refused (the FP8 release among
-them). The DeepSeek-V3 fixture goes through the workflow to Q4_K_M in test_moe.py."""
+split kv_b_proj; the multi-token prediction layer left out; the configs that are refused. The DeepSeek-V3 fixture goes
+through the workflow to Q4_K_M in test_moe.py; its FP8 release (float8 weights with block scales) is in
+test_fp8.py."""
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 
 import gguf
@@ -148,16 +148,6 @@ def test_the_multi_token_prediction_layer_and_dense_first_layer():
 
 
 # --- refused configs ------------------------------------------------------------------------------------------------
-def test_the_fp8_release_is_refused_with_the_fix(tmp_path):
-    """DeepSeek's own release stores FP8 (e4m3) weights with weight_scale_inv block scales. Our converter does not
-    dequantize them: one error, naming config.json and the converter that does."""
-    folder = linked_copy(tmp_path / "m")
-    edit_config(folder, quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                                             "weight_block_size": [128, 128]})
-    with pytest.raises(ConversionError, match=r"config.json: declares fp8 weights .*\n  fix: set CONVERTER: llama.cpp"):
-        architecture_for(ModelFolder(folder))
-
-
 @pytest.mark.parametrize("changes, message", [
     (dict(moe_layer_freq=2), r"moe_layer_freq 2: llama.cpp's deepseek2 has experts in every layer"),
     (dict(scoring_func="tanh"), r"scoring_func 'tanh' is none of sigmoid, softmax"),
@@ -181,70 +171,3 @@ def test_a_kv_lora_rank_that_does_not_match_kv_b_proj_is_refused(tmp_path):
     with pytest.raises(ConversionError, match=r"kv_b_proj.weight' has shape \[256, 64\], but config.json implies "
                                               r"\[192, 64\]"):
         architecture_for(ModelFolder(folder)).plan()
-
-
-# --- the FP8 release, through llama.cpp's converter -------------------------------------------------------------------
-FP8_LINEAR = ("_proj.weight", "_proj_with_mqa.weight")  # what DeepSeek quantizes: every projection, not the router,
-# the embedding, the output or the norms
-FP8_BLOCK = 32  # the release's weight_block_size is [128, 128]; 32 gives these 64-wide tensors several blocks
-
-
-def fp8_release_and_its_bf16_twin(dest):
-    """The fixture as DeepSeek releases V3 (each projection in float8_e4m3fn with a float32 scale per block,
-    weight_scale_inv, and quantization_config fp8) and a bf16 twin holding the values those stand for. The scales
-    are powers of two, so e4m3 code times scale is exact in bf16: the twin is what dequantizing gives."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    release, twin = dest / "fp8", dest / "twin"
-    for folder in (release, twin):
-        shutil.copytree(fixture(), folder, ignore=shutil.ignore_patterns("*.npz", "*.safetensors"))
-    index = json.loads((fixture() / "model.safetensors.index.json").read_text())
-    for shard in sorted(fixture().glob("*.safetensors")):
-        fp8, bf16 = {}, {}
-        for name, w in load_file(shard).items():
-            if not name.endswith(FP8_LINEAR) or w.ndim != 2:
-                fp8[name] = bf16[name] = w
-                continue
-            (rows, cols), b = w.shape, FP8_BLOCK
-            padded = torch.zeros(-(-rows // b) * b, -(-cols // b) * b)  # the last blocks may be partial
-            padded[:rows, :cols] = w.float()
-            peak = padded.reshape(padded.shape[0] // b, b, padded.shape[1] // b, b).abs().amax(dim=(1, 3))
-            scale = torch.exp2(torch.ceil(torch.log2(peak.clamp(min=1e-12) / 448.0)))  # e4m3's largest value: 448
-            full = scale.repeat_interleave(b, 0).repeat_interleave(b, 1)[:rows, :cols]
-            codes = (w.float() / full).to(torch.float8_e4m3fn)
-            fp8[name], fp8[name + "_scale_inv"] = codes, scale.float()
-            bf16[name] = (codes.float() * full).to(torch.bfloat16)
-            index["weight_map"][name + "_scale_inv"] = shard.name
-        save_file(fp8, release / shard.name, metadata={"format": "pt"})
-        save_file(bf16, twin / shard.name, metadata={"format": "pt"})
-    (release / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    edit_config(release, quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                                              "weight_block_size": [FP8_BLOCK, FP8_BLOCK]})
-    return release, twin
-
-
-@pytest.mark.workflow
-@pytest.mark.reference
-@pytest.mark.slow
-def test_the_fp8_release_converts_through_llama_cpps_converter_as_its_dequantized_twin(tmp_path):
-    """CONVERTER auto sends the FP8 release to llama.cpp's converter, which dequantizes it (our converter reads float
-    weights only). Its F32 intermediate holds exactly the tensors our converter writes for the bf16 twin, and it
-    quantizes to Q4_K_M and validates."""
-    from reference import compare
-    from test_fallback import NAME, kv, one_pair_workflow, targets
-
-    from conftest import snakemake
-    from hf2gguf.convert import convert
-
-    release, twin = fp8_release_and_its_bf16_twin(tmp_path)
-    wf = one_pair_workflow(tmp_path / "wf", {"ds-fp8": release})
-    run = snakemake(wf, *targets("ds-fp8"))
-    assert run.jobs()["convert"] == 1, run.output
-    intermediate = wf / "outputs/intermediate/ds-fp8-F32.gguf"
-    assert kv(intermediate, "hf2gguf.converter") == NAME
-    ours = convert(twin, tmp_path / "twin.gguf", "F32", log=lambda m: None)
-    c = compare(ours, intermediate)
-    assert not c.tensors, c.report()
-    report = json.loads((wf / "outputs/GPU_LLM_LLAMA/ds-fp8-Q4_K_M.json").read_text())
-    assert report["converter"] == NAME and report["loaded"] is True and 0 <= report["kl_divergence"] < 0.5, report

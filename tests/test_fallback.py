@@ -106,16 +106,18 @@ def quantized(tmp_path, arch, method, name="q"):
 
 
 def test_pre_quantized_weights_go_to_the_converter_that_reads_them(tmp_path):
-    """DeepSeek-V3's FP8 release: our converter supports the architecture but not FP8 weights, so auto hands it to
-    llama.cpp's, which dequantizes them; gpt-oss's MXFP4 release is ours."""
-    fp8 = quantized(tmp_path, "DeepseekV3ForCausalLM", "fp8")
-    assert pipeline.choose_converter("auto", *fp8, must_not_be_read) == "llama.cpp"
-    assert pipeline.choose_converter("llama.cpp", *fp8, theirs=lambda: ["DeepseekV3ForCausalLM"]) == "llama.cpp"
-    assert pipeline.choose_converter("auto", *quantized(tmp_path, "GptOssForCausalLM", "mxfp4", "g"),
-                                     must_not_be_read) == "hf2gguf"
+    """DeepSeek-V3's FP8 release and gpt-oss's MXFP4 one are ours (tests/test_fp8.py, test_gptoss.py); a GPTQ
+    release of an architecture of ours goes to llama.cpp's converter under auto, which dequantizes it."""
+    for arch, method in (("DeepseekV3ForCausalLM", "fp8"), ("GptOssForCausalLM", "mxfp4")):
+        release = quantized(tmp_path, arch, method, method)
+        assert pipeline.choose_converter("auto", *release, must_not_be_read) == "hf2gguf"
+        assert pipeline.choose_converter("hf2gguf", *release, must_not_be_read) == "hf2gguf"
+    gptq = quantized(tmp_path, "LlamaForCausalLM", "gptq")
+    assert pipeline.choose_converter("auto", *gptq, must_not_be_read) == "llama.cpp"
+    assert pipeline.choose_converter("llama.cpp", *gptq, theirs=lambda: ["LlamaForCausalLM"]) == "llama.cpp"
     with pytest.raises(ConfigError) as e:
-        pipeline.choose_converter("hf2gguf", *fp8, theirs)
-    assert str(e.value).startswith(f"{tmp_path}/models/q/config.json: its weights are pre-quantized (fp8, "
+        pipeline.choose_converter("hf2gguf", *gptq, theirs)
+    assert str(e.value).startswith(f"{tmp_path}/models/q/config.json: its weights are pre-quantized (gptq, "
                                    "quantization_config), which our converter does not read, and CONVERTER is hf2gguf")
     assert "CONVERTER: auto (the default) converts it with llama.cpp's convert_hf_to_gguf.py" in str(e.value)
     with pytest.raises(ConfigError, match=r"models/a/config.json: its weights are pre-quantized \(awq, quantization_"

@@ -23,7 +23,7 @@ from .architectures import Part, TensorPlan, architecture_for
 from .atomic import atomic_path
 from .errors import ConversionError
 from .peek import full_precision_type
-from .source import ModelFolder
+from .source import ModelFolder, to_f32
 
 Q = gguf.GGMLQuantizationType
 OUTTYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0}
@@ -77,14 +77,6 @@ def contiguous(a: np.ndarray) -> np.ndarray:
         for j in range(0, a.shape[1], TILE):
             out[i:i + TILE, j:j + TILE] = a[i:i + TILE, j:j + TILE]
     return out
-
-
-def to_f32(array: np.ndarray, src_dtype: str) -> np.ndarray:
-    if src_dtype == "BF16":  # bf16 is the high half of an f32: one widening copy and a shift
-        bits = array.astype(np.uint32)
-        bits <<= 16
-        return bits.view(np.float32)
-    return array.astype(np.float32, copy=False)
 
 
 def encode(array: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
@@ -180,7 +172,7 @@ def source_values(model: ModelFolder, piece: Piece) -> tuple[np.ndarray, str]:
     p, part = piece.plan, piece.part
     if part is None:
         return p.data, "F32"
-    dtype = model.tensors[part.tensor].dtype
+    dtype = model.value_dtype(part.tensor)
     if piece.whole and part.whole:
         data = model.read(part.tensor)
     else:
@@ -207,7 +199,8 @@ def process(model: ModelFolder, piece: Piece, dst_fd: int) -> None:
         return
     src = model.tensors[part.tensor] if part else None
     transform = part.transform if part else None
-    if src and transform is None and part.columns is None and p.values is None and (src.dtype, piece.qtype) in SAME:
+    if src and transform is None and part.columns is None and p.values is None and part.tensor not in model.scales \
+            and (src.dtype, piece.qtype) in SAME:  # stored as written (a scaled weight's bytes are not its values)
         row = model.row_bytes(part.tensor)
         copy_range(model.fd(src.shard), src.offset + piece.start * row, dst_fd, piece.offset,
                    (piece.stop - piece.start) * row)

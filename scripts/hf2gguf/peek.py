@@ -6,6 +6,18 @@ import struct
 from pathlib import Path
 
 MAX_HEADER = 100 * 2**20
+# quantization_config.quant_method of the pre-quantized releases our converter reads: FP8 with block scales
+# (dequantized by source.ModelFolder, as llama.cpp's converter does) and gpt-oss's MXFP4 experts (kept as they are)
+OUR_QUANT_METHODS = ("fp8", "mxfp4")
+
+
+def quantization(config: dict) -> dict | None:
+    """config.json's quantization_config (or its text_config's), when it names a quant_method."""
+    for c in (config, config.get("text_config") or {}):
+        q = c.get("quantization_config") if isinstance(c, dict) else None
+        if isinstance(q, dict) and q.get("quant_method"):
+            return q
+    return None
 
 
 def safetensors_header(path: Path) -> dict:

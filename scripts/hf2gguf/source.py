@@ -1,7 +1,14 @@
 """Reading a Hugging Face model folder: config.json and safetensors weights, one tensor at a time.
 
-Weights are memory-mapped, never loaded whole. Pickle checkpoints (*.bin, *.pt, *.ckpt) are refused:
-loading them runs arbitrary code.
+Weights are read a chunk of rows at a time, never loaded whole. Pickle checkpoints (*.bin, *.pt, *.ckpt) are
+refused: loading them runs arbitrary code.
+
+FP8 releases (quantization_config.quant_method "fp8": DeepSeek-V3 and R1, Qwen3's -FP8 models, ...) are read as the
+values they stand for, as llama.cpp's converter dequantizes them: each weight W with a W_scale_inv beside it reads
+as float32(W) * its scale, the scale repeated over weight_block_size blocks (the last ones cut to the weight's
+shape), or per tensor or per row without blocks; the scale tensors and the unused activation scales are not
+tensors of the model. float32(W) is exact for float8 codes, and the product is one float32 multiplication, so the
+values are bit for bit the reference's.
 """
 from __future__ import annotations
 
@@ -16,11 +23,50 @@ from gguf.utility import SafetensorsLocal
 from safetensors import safe_open
 
 from .errors import ConversionError
+from .peek import OUR_QUANT_METHODS, quantization
 
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # safetensors dtype -> numpy dtype of the raw data. BF16 has no numpy dtype: its bits are read as uint16.
 DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+SCALE_SUFFIX = "_scale_inv"  # an FP8 release's block scales: W_scale_inv multiplies W
+UNUSED_SCALES = (".activation_scale", "_activation_scale")  # an FP8 release's activation scales: unused here
+
+
+def float8_values(exponent_bits: int, finite: bool) -> np.ndarray:
+    """The float32 value of each of the 256 codes of a float8 format with 1 sign bit, exponent_bits (bias
+    2^(e-1) - 1) and the rest mantissa: e4m3fn (finite: no infinities, NaN only at S.1111.111) or e5m2 (IEEE-like:
+    the top exponent holds the infinities and NaNs)."""
+    mantissa_bits = 7 - exponent_bits
+    codes = np.arange(256)
+    exponent, mantissa = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1), codes & ((1 << mantissa_bits) - 1)
+    bias = (1 << (exponent_bits - 1)) - 1
+    fraction = mantissa / (1 << mantissa_bits)
+    magnitude = np.where(exponent == 0, fraction * 2.0 ** (1 - bias), (1 + fraction) * 2.0 ** (exponent - bias))
+    top = exponent == (1 << exponent_bits) - 1
+    if finite:
+        magnitude[top & (mantissa == (1 << mantissa_bits) - 1)] = np.nan
+    else:
+        magnitude[top] = np.where(mantissa[top] == 0, np.inf, np.nan)
+    return np.where(codes & 0x80, -magnitude, magnitude).astype(np.float32)
+
+
+FLOAT8 = {"F8_E4M3": float8_values(4, finite=True), "F8_E5M2": float8_values(5, finite=False)}
+
+
+def unblocked_shape(scale: tuple[int, ...], weight: tuple[int, ...]) -> tuple[int, ...]:
+    """A scale without blocks, with trailing dimensions of 1 up to the weight's (as llama.cpp's converter
+    unsqueezes it), so that it broadcasts: () or (1,) for the tensor, (rows,) for each row."""
+    return scale + (1,) * (len(weight) - len(scale))
+
+
+def to_f32(array: np.ndarray, src_dtype: str) -> np.ndarray:
+    """Values read by ModelFolder.read (BF16 as its uint16 bits) as float32, exactly."""
+    if src_dtype == "BF16":  # bf16 is the high half of an f32: one widening copy and a shift
+        bits = array.astype(np.uint32)
+        bits <<= 16
+        return bits.view(np.float32)
+    return array.astype(np.float32, copy=False)
 
 
 def read_json(path: Path, what: str = "JSON") -> dict:
@@ -45,6 +91,22 @@ class TensorInfo:
     offset: int  # absolute byte offset in the shard
     nbytes: int
 
+    @property
+    def rows(self) -> int:
+        """The rows of its last axis: a [n_expert, n_ff, n_embd] tensor has n_expert * n_ff."""
+        return prod(self.shape[:-1]) if self.shape else 1
+
+    @property
+    def row_bytes(self) -> int:
+        return self.nbytes // max(1, self.rows)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The scale of a weight of an FP8 release (W_scale_inv), and the weight_block_size it applies to."""
+    tensor: TensorInfo
+    block: tuple[int, int] | None  # rows, columns; None: one scale per tensor, or per row
+
 
 class ModelFolder:
     """A Hugging Face model folder, indexed without reading any tensor data."""
@@ -57,7 +119,60 @@ class ModelFolder:
         self.tensors: dict[str, TensorInfo] = {}
         for shard in self._shards():
             self._index_shard(shard)
+        self.scales: dict[str, Scale] = {}  # weight name -> its scale, in an FP8 release
+        self._index_scales()
         self._fds: dict[Path, int] = {}
+
+    def _index_scales(self) -> None:
+        """An FP8 release's scales, taken out of the tensors: each W_scale_inv goes with W (llama.cpp's converter
+        dequantizes every such pair, whatever the architecture); the activation scales are dropped."""
+        q = quantization(self.config)
+        if q is None:
+            return
+        config = self.path / "config.json"
+        method = q["quant_method"]
+        if method not in OUR_QUANT_METHODS:
+            raise ConversionError(config, f"declares {method} weights (quantization_config), which this converter "
+                                  "does not dequantize", "CONVERTER: auto (the default) in "
+                                  "configurations/converter_args.yaml converts it with llama.cpp's converter when that "
+                                  "reads it; or use the model's unquantized (bf16/f16) release")
+        if method != "fp8":
+            return
+        block = q.get("weight_block_size")
+        if block is not None and not (isinstance(block, list) and len(block) == 2
+                                      and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
+            raise ConversionError(config, f"quantization_config.weight_block_size is {block!r}; an FP8 release has two "
+                                  "positive block sizes (rows, columns), e.g. [128, 128], or none",
+                                  "re-download config.json")
+        for name in list(self.tensors):
+            if name.endswith(UNUSED_SCALES):
+                del self.tensors[name]
+            elif name.endswith(SCALE_SUFFIX):
+                scale = self.tensors.pop(name)
+                weight = self.tensors.get(name[: -len(SCALE_SUFFIX)])
+                if weight is None:
+                    raise ConversionError(scale.shard, f"holds {name!r} but not the weight it scales, "
+                                          f"{name[: -len(SCALE_SUFFIX)]!r}", "download every shard of the release")
+                self.scales[weight.name] = Scale(scale, tuple(block) if block else None)
+                self._check_scale(weight, self.scales[weight.name])
+
+    def _check_scale(self, weight: TensorInfo, scale: Scale) -> None:
+        s = scale.tensor
+        if s.dtype not in DTYPES:
+            raise ConversionError(s.shard, f"tensor {s.name!r} has dtype {s.dtype}; a scale is F32, F16 or BF16",
+                                  "re-download the release")
+        if scale.block is None:
+            shape = unblocked_shape(s.shape, weight.shape)
+            fits = len(weight.shape) >= 2 and len(shape) == len(weight.shape) \
+                and all(n in (1, w) for n, w in zip(shape, weight.shape))
+            wanted = f"a shape that broadcasts to it (one value, or one per row {list(weight.shape[:-1])})"
+        else:
+            blocks = tuple(-(-n // b) for n, b in zip(weight.shape[-2:], scale.block))
+            fits = len(weight.shape) >= 2 and s.shape == weight.shape[:-2] + blocks
+            wanted = f"{list(weight.shape[:-2] + blocks)} (blocks of {list(scale.block)})"
+        if not fits:
+            raise ConversionError(s.shard, f"tensor {s.name!r} has shape {list(s.shape)}, but its weight "
+                                  f"{list(weight.shape)} needs {wanted}", "re-download the release")
 
     def _shards(self) -> list[Path]:
         index = self.path / INDEX_NAME
@@ -113,9 +228,10 @@ class ModelFolder:
 
     def check_dtype(self, name: str) -> None:
         t = self.tensors[name]
-        if t.dtype not in DTYPES:
+        if t.dtype not in DTYPES and not (t.dtype in FLOAT8 and name in self.scales):
             raise ConversionError(
-                t.shard, f"tensor {name!r} has dtype {t.dtype}; only {', '.join(DTYPES)} weights convert",
+                t.shard, f"tensor {name!r} has dtype {t.dtype}; {', '.join(DTYPES)} weights convert, and float8 "
+                "ones with their scales (an FP8 release whose config.json says quant_method fp8)",
                 "use the original (unquantized) checkpoint: pre-quantized weights such as GPTQ, AWQ or "
                 "bitsandbytes int8/int4 are not supported")
 
@@ -132,32 +248,57 @@ class ModelFolder:
 
     def rows(self, name: str) -> int:
         """The tensor's rows of its last axis: a [n_expert, n_ff, n_embd] tensor has n_expert * n_ff."""
-        shape = self.tensors[name].shape
-        return prod(shape[:-1]) if shape else 1
+        return self.tensors[name].rows
 
     def row_bytes(self, name: str) -> int:
-        return self.tensors[name].nbytes // max(1, self.rows(name))
+        return self.tensors[name].row_bytes
 
     def read_bytes(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows start:stop of the tensor as their bytes, uint8 [rows, row bytes], whatever its dtype (a
         pre-quantized tensor's packed codes and scales, which are moved, never read as numbers)."""
-        t = self.tensors[name]
-        stop = self.rows(name) if stop is None else stop
-        row = self.row_bytes(name)
+        return self._bytes(self.tensors[name], start, stop)
+
+    def _bytes(self, t: TensorInfo, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = t.rows if stop is None else stop
+        row = t.row_bytes
         buf = np.empty((stop - start) * row, dtype=np.uint8)
         view, pos = memoryview(buf), t.offset + start * row
         while view:
             n = os.preadv(self.fd(t.shard), [view], pos)
             if n <= 0:
-                raise ConversionError(t.shard, f"ended while reading tensor {name!r}", "re-download it")
+                raise ConversionError(t.shard, f"ended while reading tensor {t.name!r}", "re-download it")
             view, pos = view[n:], pos + n
         return buf.reshape(stop - start, row)
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows start:stop of the tensor (rows of its last axis), read into a new array (not memory-mapped:
         mapped pages would count in the process's resident memory): the whole tensor in its own shape, or a
-        matrix of the rows. BF16 comes back as its uint16 bits."""
+        matrix of the rows. BF16 comes back as its uint16 bits; a weight of an FP8 release as its values, float32."""
         self.check_dtype(name)
         t = self.tensors[name]
-        data = self.read_bytes(name, start, stop).view(DTYPES[t.dtype])
-        return data.reshape(t.shape if start == 0 and stop is None else (-1, t.shape[-1]))
+        whole = start == 0 and stop is None
+        stop = t.rows if stop is None else stop
+        raw = self.read_bytes(name, start, stop)
+        data = FLOAT8[t.dtype][raw] if t.dtype in FLOAT8 else raw.view(DTYPES[t.dtype])
+        if name in self.scales:
+            data = to_f32(data, t.dtype) * self._scale_rows(t, self.scales[name], start, stop)
+        return data.reshape(t.shape if whole else (-1, t.shape[-1]))
+
+    def value_dtype(self, name: str) -> str:
+        """The dtype of what read() gives: F32 for a weight of an FP8 release (its values), else the stored one."""
+        return "F32" if name in self.scales else self.tensors[name].dtype
+
+    def _scale_rows(self, weight: TensorInfo, scale: Scale, start: int, stop: int) -> np.ndarray:
+        """The scale of each value of rows start:stop of weight, float32 [rows, columns] (or what broadcasts to it)."""
+        s = scale.tensor
+        values = to_f32(self._bytes(s).view(DTYPES[s.dtype]), s.dtype).reshape(-1)
+        rows = np.arange(start, stop)
+        if scale.block is None:  # broadcast: each row's index along the dimensions where the scale has more than one
+            shape = unblocked_shape(s.shape, weight.shape)
+            where = np.unravel_index(rows, weight.shape[:-1])
+            index = np.ravel_multi_index([i if n > 1 else 0 for i, n in zip(where, shape[:-1])], shape[:-1])
+            return values.reshape(-1, shape[-1])[index]
+        (rows_per_matrix, columns), (block_rows, block_columns) = weight.shape[-2:], scale.block
+        grid = values.reshape(-1, s.shape[-2], s.shape[-1])  # [matrices, row blocks, column blocks]
+        matrix, row = np.divmod(rows, rows_per_matrix)
+        return np.repeat(grid[matrix, row // block_rows], block_columns, axis=1)[:, :columns]

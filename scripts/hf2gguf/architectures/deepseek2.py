@@ -16,8 +16,8 @@ normalised (norm_topk_prob) and scaled (routed_scaling_factor). YaRN's mscale_al
 (0.1 * mscale_all_dim, as llama.cpp's converter writes it for deepseek2). The release's multi-token prediction
 layer (model.layers.<num_hidden_layers>.*) is left out, as llama.cpp's converter does.
 
-The release stores FP8 weights with block scales (quantization_config.quant_method "fp8"): refused with the fix,
-as this converter reads float weights only."""
+The release stores FP8 weights with 128x128 block scales (quantization_config.quant_method "fp8"): source.py reads
+them as the values they stand for, as llama.cpp's converter dequantizes them."""
 from __future__ import annotations
 
 import re
@@ -40,14 +40,6 @@ class Deepseek2(MoE):
     tokenizer_options = dict(kinds=("gpt2",))
 
     def __init__(self, model):
-        config = model.path / "config.json"
-        quant = model.config.get("quantization_config")
-        if isinstance(quant, dict) and quant.get("quant_method") is not None:
-            raise ConversionError(config, f"declares {quant.get('quant_method')} weights (quantization_config: "
-                                  f"{quant}), which this converter does not dequantize",
-                                  "set CONVERTER: llama.cpp in configurations/converter_args.yaml for this model "
-                                  "(llama.cpp's converter dequantizes them), or use a bf16 copy of the weights "
-                                  "(DeepSeek's inference/fp8_cast_bf16.py writes one)")
         Decoder.__init__(self, model)
         self.n_expert = self.int_hparam("n_routed_experts")
         self.n_expert_used = self.int_hparam("num_experts_per_tok")

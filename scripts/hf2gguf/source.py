@@ -3,12 +3,13 @@
 Weights are read a chunk of rows at a time, never loaded whole. Pickle checkpoints (*.bin, *.pt, *.ckpt) are
 refused: loading them runs arbitrary code.
 
-FP8 releases (quantization_config.quant_method "fp8": DeepSeek-V3 and R1, Qwen3's -FP8 models, ...) are read as the
-values they stand for, as llama.cpp's converter dequantizes them: each weight W with a W_scale_inv beside it reads
-as float32(W) * its scale, the scale repeated over weight_block_size blocks (the last ones cut to the weight's
-shape), or per tensor or per row without blocks; the scale tensors and the unused activation scales are not
-tensors of the model. float32(W) is exact for float8 codes, and the product is one float32 multiplication, so the
-values are bit for bit the reference's.
+Pre-quantized releases whose weights are whole codes with a scale beside them (peek.weight_scaling: FP8 releases,
+quant_method "fp8", such as DeepSeek-V3/R1's and Qwen3's; llm-compressor's compressed-tensors FP8 and W8A8 int8
+ones) are read as the values they stand for, as llama.cpp's converter dequantizes them: each weight W with its
+scale (W_scale_inv, or W_scale) reads as float32(W) * scale, the scale repeated over blocks (the last ones cut to
+the weight's shape) or, without blocks, broadcast per tensor or per row; the scales and the unused activation
+scales are not tensors of the model. float32(W) is exact for float8 and int8 codes, and the product is one float32
+multiplication, so the values are bit for bit the reference's.
 """
 from __future__ import annotations
 
@@ -23,14 +24,13 @@ from gguf.utility import SafetensorsLocal
 from safetensors import safe_open
 
 from .errors import ConversionError
-from .peek import OUR_QUANT_METHODS, quantization
+from .peek import NotOurs, quantization, weight_scaling
 
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # safetensors dtype -> numpy dtype of the raw data. BF16 has no numpy dtype: its bits are read as uint16.
 DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
-SCALE_SUFFIX = "_scale_inv"  # an FP8 release's block scales: W_scale_inv multiplies W
-UNUSED_SCALES = (".activation_scale", "_activation_scale")  # an FP8 release's activation scales: unused here
+SCALED = {"F8_E4M3", "F8_E5M2", "I8"}  # the codes of a scaled weight: float8, or int8 (W8A8 releases)
 
 
 def float8_values(exponent_bits: int, finite: bool) -> np.ndarray:
@@ -124,36 +124,30 @@ class ModelFolder:
         self._fds: dict[Path, int] = {}
 
     def _index_scales(self) -> None:
-        """An FP8 release's scales, taken out of the tensors: each W_scale_inv goes with W (llama.cpp's converter
-        dequantizes every such pair, whatever the architecture); the activation scales are dropped."""
-        q = quantization(self.config)
-        if q is None:
-            return
+        """A pre-quantized release's scales (peek.weight_scaling), taken out of the tensors: each goes with its
+        weight (llama.cpp's converter dequantizes every such pair, whatever the architecture); the activation
+        scales are dropped."""
         config = self.path / "config.json"
-        method = q["quant_method"]
-        if method not in OUR_QUANT_METHODS:
-            raise ConversionError(config, f"declares {method} weights (quantization_config), which this converter "
-                                  "does not dequantize", "CONVERTER: auto (the default) in "
+        try:
+            scaling = weight_scaling(quantization(self.config))
+        except NotOurs as e:
+            raise ConversionError(config, f"declares {e}", "CONVERTER: auto (the default) in "
                                   "configurations/converter_args.yaml converts it with llama.cpp's converter when that "
-                                  "reads it; or use the model's unquantized (bf16/f16) release")
-        if method != "fp8":
+                                  "reads it; or use the model's unquantized (bf16/f16) release") from None
+        except ValueError as e:
+            raise ConversionError(config, str(e), "re-download config.json") from None
+        if scaling is None:
             return
-        block = q.get("weight_block_size")
-        if block is not None and not (isinstance(block, list) and len(block) == 2
-                                      and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
-            raise ConversionError(config, f"quantization_config.weight_block_size is {block!r}; an FP8 release has two "
-                                  "positive block sizes (rows, columns), e.g. [128, 128], or none",
-                                  "re-download config.json")
         for name in list(self.tensors):
-            if name.endswith(UNUSED_SCALES):
+            if scaling.unused and name.endswith(scaling.unused):
                 del self.tensors[name]
-            elif name.endswith(SCALE_SUFFIX):
+            elif name.endswith(scaling.suffix):
                 scale = self.tensors.pop(name)
-                weight = self.tensors.get(name[: -len(SCALE_SUFFIX)])
+                weight = self.tensors.get(name[: -len(scaling.strip)])
                 if weight is None:
                     raise ConversionError(scale.shard, f"holds {name!r} but not the weight it scales, "
-                                          f"{name[: -len(SCALE_SUFFIX)]!r}", "download every shard of the release")
-                self.scales[weight.name] = Scale(scale, tuple(block) if block else None)
+                                          f"{name[: -len(scaling.strip)]!r}", "download every shard of the release")
+                self.scales[weight.name] = Scale(scale, scaling.block)
                 self._check_scale(weight, self.scales[weight.name])
 
     def _check_scale(self, weight: TensorInfo, scale: Scale) -> None:
@@ -228,10 +222,10 @@ class ModelFolder:
 
     def check_dtype(self, name: str) -> None:
         t = self.tensors[name]
-        if t.dtype not in DTYPES and not (t.dtype in FLOAT8 and name in self.scales):
+        if t.dtype not in DTYPES and not (t.dtype in SCALED and name in self.scales):
             raise ConversionError(
-                t.shard, f"tensor {name!r} has dtype {t.dtype}; {', '.join(DTYPES)} weights convert, and float8 "
-                "ones with their scales (an FP8 release whose config.json says quant_method fp8)",
+                t.shard, f"tensor {name!r} has dtype {t.dtype}; {', '.join(DTYPES)} weights convert, and float8 or "
+                "int8 ones with their scales (a release whose config.json says quant_method fp8, or compressed-tensors)",
                 "use the original (unquantized) checkpoint: pre-quantized weights such as GPTQ, AWQ or "
                 "bitsandbytes int8/int4 are not supported")
 
@@ -279,7 +273,7 @@ class ModelFolder:
         whole = start == 0 and stop is None
         stop = t.rows if stop is None else stop
         raw = self.read_bytes(name, start, stop)
-        data = FLOAT8[t.dtype][raw] if t.dtype in FLOAT8 else raw.view(DTYPES[t.dtype])
+        data = FLOAT8[t.dtype][raw] if t.dtype in FLOAT8 else raw.view(np.int8 if t.dtype == "I8" else DTYPES[t.dtype])
         if name in self.scales:
             data = to_f32(data, t.dtype) * self._scale_rows(t, self.scales[name], start, stop)
         return data.reshape(t.shape if whole else (-1, t.shape[-1]))

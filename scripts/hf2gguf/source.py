@@ -119,7 +119,7 @@ class ModelFolder:
         self.tensors: dict[str, TensorInfo] = {}
         for shard in self._shards():
             self._index_shard(shard)
-        self.scales: dict[str, Scale] = {}  # weight name -> its scale, in an FP8 release
+        self.scales: dict[str, Scale] = {}  # weight name -> its scale, in a release of scaled codes (FP8, W8A8)
         self._index_scales()
         self._fds: dict[Path, int] = {}
 

@@ -188,16 +188,17 @@ def test_a_scaled_weight_reads_as_the_reference_dequantizes_it(tmp_path, shape, 
                                                      ("fp8", (32, 32), (3, 2))])
 def test_a_compressed_tensors_weight_reads_as_the_reference_dequantizes_it(tmp_path, kind, block, scale_shape):
     """llm-compressor's layout: W and W_scale (per channel [rows, 1], or per block of block_structure); int8 codes
-    for W8A8, float8 for FP8; nothing else of the group is read."""
+    for W8A8, float8 for FP8; a static release's activation and KV-cache scales are left out."""
     import torch
 
     g = torch.Generator().manual_seed(1)
     w = torch.randn(96, 64, generator=g) * 40
     codes = w.clamp(-127, 127).round().to(torch.int8) if kind == "int8" else w.to(torch.float8_e4m3fn)
     scale = (torch.rand(scale_shape, generator=g) * 1e-2 + 1e-4).to(torch.bfloat16)
-    folder = write_model(tmp_path / "m", {"proj.weight": codes, "proj.weight_scale": scale},
+    static = {"proj.input_scale": torch.ones(1), "attn.k_scale": torch.ones(1), "attn.v_scale": torch.ones(1)}
+    folder = write_model(tmp_path / "m", {"proj.weight": codes, "proj.weight_scale": scale, **static},
                          compressed_tensors(kind, block))
-    model = ModelFolder(folder)
+    model = ModelFolder(folder)  # static activation and KV-cache scales are not tensors of the model
     assert list(model.tensors) == ["proj.weight"] and model.tensors["proj.weight"].dtype == ("I8" if kind == "int8"
                                                                                             else "F8_E4M3")
     expected = dequantized(codes, scale, block)

@@ -63,7 +63,9 @@ def weight_scaling(q: dict | None) -> Scaling | None:
                              f"{weights.get('group_size')}); our converter, like llama.cpp's, reads a scale per channel "
                              "or per block")
         block, where = weights.get("block_structure"), "quantization_config's weights.block_structure"
-        unused, suffix, strip = (), ".weight_scale", "_scale"
+        # static activation and KV-cache scales: unused by a GGUF (llama.cpp's converter does not drop them here,
+        # and stops on them: "Can not map tensor")
+        unused, suffix, strip = (".input_scale", ".k_scale", ".v_scale"), ".weight_scale", "_scale"
     else:
         raise NotOurs(f"{method} weights, which our converter does not dequantize")
     if block is not None and not (isinstance(block, list) and len(block) == 2

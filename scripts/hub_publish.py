@@ -262,7 +262,8 @@ def model_card(model: str, repo: str, outputs: list[PairOutput], quantized_by: s
         r = o.report
         name = f"{o.pair}/{o.name}"
         where = f"`{name}/` ({r.get('files', 1)} shards)" if o.gguf.is_dir() else f"`{name}`"
-        cells = [o.pair, f"{o.precision} (AUTO)" if o.auto else o.precision, where, human_size(r["file_bytes"]), f"{r['bits_per_weight']:.2f}",
+        precision = f"{o.precision} (AUTO)" if o.auto else o.precision
+        cells = [o.pair, precision, where, human_size(r["file_bytes"]), f"{r['bits_per_weight']:.2f}",
                  f"{r['kl_divergence']:.6f}", f"{100 * r['top1_agreement']:.1f}%", f"{r['perplexity']:.2f}"]
         rows.append(cells + [f"{r[k]:.1f}" if k in r else "-" for k in speeds])
     tokens = sorted({o.report.get("evaluated_tokens") for o in outputs} - {None})

@@ -250,8 +250,9 @@ def test_the_workflow_sends_each_release_to_the_converter_that_reads_it(tmp_path
     assert pipeline.choose_converter("hf2gguf", *release("w8a8", compressed_tensors("int8", None)), theirs) == "hf2gguf"
     packed = release("w4a16", compressed_tensors("int8", None) | {"format": "pack-quantized"})
     assert pipeline.choose_converter("auto", *packed, theirs) == "llama.cpp"
-    with pytest.raises(pipeline.ConfigError, match=r"w4a16/config.json: its weights are pre-quantized \(compressed-"
-                                                   r"tensors pack-quantized, quantization_config\), which our converter"):
+    with pytest.raises(pipeline.ConfigError, match=r"w4a16/config.json: its weights are pre-quantized "
+                                                   r"\(compressed-tensors pack-quantized, quantization_config\), "
+                                                   r"which our converter"):
         pipeline.choose_converter("hf2gguf", *packed, theirs)
     with pytest.raises(pipeline.ConfigError, match=r"bad/config.json: quantization_config.weight_block_size is \[128\]"
                                                    r"; a block is two positive sizes \(rows, columns\), e.g. \[128, "
@@ -267,7 +268,8 @@ def test_the_workflow_sends_each_release_to_the_converter_that_reads_it(tmp_path
     (lambda t: {"w": t.zeros(8, 8).to(t.float8_e4m3fn), "w_scale_inv": t.ones(1, 1)}, {"weight_block_size": [8]},
      r"config.json: quantization_config.weight_block_size is \[8\]; a block is two positive sizes \(rows, columns\)"),
     (lambda t: {"w": t.zeros(8, 8).to(t.float8_e4m3fn), "w_scale_inv": t.ones(8, 2)}, {"weight_block_size": None},
-     r"has shape \[8, 2\], but its weight \[8, 8\] needs a shape that broadcasts to it \(one value, or one per row \[8\]\)"),
+     r"has shape \[8, 2\], but its weight \[8, 8\] needs a shape that broadcasts to it \(one value, or one per "
+     r"row \[8\]\)"),
 ])
 def test_a_release_whose_scales_do_not_fit_is_refused(tmp_path, tensors, quantization, message):
     import torch

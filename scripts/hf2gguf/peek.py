@@ -54,14 +54,14 @@ def weight_scaling(q: dict | None) -> Scaling | None:
         groups = q.get("config_groups") or {}
         if q.get("format") not in SCALED_FORMATS:
             raise NotOurs(f"compressed-tensors format {q.get('format')!r}, which our converter does not read (it reads "
-                             f"{', '.join(SCALED_FORMATS)})")
+                          f"{', '.join(SCALED_FORMATS)})")
         weights = next(iter(groups.values()), {}).get("weights") if len(groups) == 1 else None
         if not isinstance(weights, dict):
             raise NotOurs(f"compressed-tensors with {len(groups)} config_groups; our converter reads one")
         if weights.get("strategy") not in ("channel", "block") or weights.get("group_size") is not None:
             raise NotOurs(f"compressed-tensors weights of strategy {weights.get('strategy')!r} (group_size "
-                             f"{weights.get('group_size')}); our converter, like llama.cpp's, reads a scale per channel "
-                             "or per block")
+                          f"{weights.get('group_size')}); our converter, like llama.cpp's, reads a scale per channel "
+                          "or per block")
         block, where = weights.get("block_structure"), "quantization_config's weights.block_structure"
         # static activation and KV-cache scales: unused by a GGUF (llama.cpp's converter does not drop them here,
         # and stops on them: "Can not map tensor")

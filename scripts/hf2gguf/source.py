@@ -225,7 +225,8 @@ class ModelFolder:
         if t.dtype not in DTYPES and not (t.dtype in SCALED and name in self.scales):
             raise ConversionError(
                 t.shard, f"tensor {name!r} has dtype {t.dtype}; {', '.join(DTYPES)} weights convert, and float8 or "
-                "int8 ones with their scales (a release whose config.json says quant_method fp8, or compressed-tensors)",
+                "int8 ones with their scales (a release whose config.json says quant_method fp8, or "
+                "compressed-tensors)",
                 "use the original (unquantized) checkpoint: pre-quantized weights such as GPTQ, AWQ or "
                 "bitsandbytes int8/int4 are not supported")
 

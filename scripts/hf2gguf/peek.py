@@ -51,11 +51,12 @@ def weight_scaling(q: dict | None) -> Scaling | None:
         unused = (".activation_scale", "_activation_scale")
         suffix, strip = "_scale_inv", "_scale_inv"
     elif method == "compressed-tensors":
-        groups = q.get("config_groups") or {}
+        groups = q.get("config_groups") if isinstance(q.get("config_groups"), dict) else {}
         if q.get("format") not in SCALED_FORMATS:
             raise NotOurs(f"compressed-tensors format {q.get('format')!r}, which our converter does not read (it reads "
                           f"{', '.join(SCALED_FORMATS)})")
-        weights = next(iter(groups.values()), {}).get("weights") if len(groups) == 1 else None
+        group = next(iter(groups.values())) if len(groups) == 1 else None
+        weights = group.get("weights") if isinstance(group, dict) else None
         if not isinstance(weights, dict):
             raise NotOurs(f"compressed-tensors with {len(groups)} config_groups; our converter reads one")
         if weights.get("strategy") not in ("channel", "block") or weights.get("group_size") is not None:

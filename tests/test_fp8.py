@@ -302,6 +302,7 @@ RELEASES = {  # name: (fixture, scheme, block, scale dtype), as each kind of rel
     "deepseek-v3-fp8": ("deepseek-v3", "fp8", (48, 32), "float32"),  # DeepSeek-V3/R1: float32 scales (non-square
     # blocks here)
     "qwen3-fp8": ("qwen3", "fp8", (48, 48), "bfloat16"),  # Qwen3-*-FP8: bfloat16 scales
+    "qwen3moe-fp8": ("qwen3moe", "fp8", (48, 48), "bfloat16"),  # Qwen3-30B-A3B-FP8: each expert's own scales
     "llama3-fp8-dynamic": ("llama3", "ct-fp8", None, "bfloat16"),  # llm-compressor FP8-dynamic: one scale per row
     "qwen3-fp8-block": ("qwen3", "ct-fp8", (48, 48), "float32"),  # llm-compressor FP8-block
     "qwen2-w8a8": ("qwen2", "ct-int8", None, "bfloat16"),  # llm-compressor W8A8: int8 codes, one scale per row
@@ -319,7 +320,7 @@ def releases(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("release, outtype", [
     ("deepseek-v3-fp8", "F32"), ("deepseek-v3-fp8", "F16"), ("deepseek-v3-fp8", "BF16"), ("qwen3-fp8", "F16"),
-    ("qwen3-fp8", "Q8_0"), ("llama3-fp8-dynamic", "F16"), ("qwen3-fp8-block", "BF16"), ("qwen2-w8a8", "F32")])
+    ("qwen3-fp8", "Q8_0"), ("qwen3moe-fp8", "F16"), ("llama3-fp8-dynamic", "F16"), ("qwen3-fp8-block", "BF16"), ("qwen2-w8a8", "F32")])
 def test_a_scaled_release_converts_as_llama_cpps_converter_converts_it(releases, release, outtype, tmp_path):
     import reference_converter
     from reference import compare

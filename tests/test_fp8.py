@@ -235,16 +235,17 @@ def test_which_quantizations_our_converter_reads():
 
 def test_the_workflow_sends_each_release_to_the_converter_that_reads_it(tmp_path):
     import pipeline
+    from test_fallback import model_with
+
+    from conftest import edit_json
 
     def theirs():
         raise AssertionError("llama.cpp's list is read only when ours does not apply")
 
-    def release(name, q):
-        folder = tmp_path / "models" / name
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"],
-                                                        "quantization_config": q}))
-        return str(tmp_path / "models"), name
+    def release(name, q):  # test_fallback's config-only model folder, with this quantization_config
+        models, model = model_with(tmp_path, "LlamaForCausalLM", name=name)
+        edit_json(Path(models) / model / "config.json", lambda c: c.update(quantization_config=q))
+        return models, model
 
     assert pipeline.choose_converter("auto", *release("dyn", compressed_tensors("fp8", None)), theirs) == "hf2gguf"
     assert pipeline.choose_converter("hf2gguf", *release("w8a8", compressed_tensors("int8", None)), theirs) == "hf2gguf"

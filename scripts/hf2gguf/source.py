@@ -103,7 +103,8 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Scale:
-    """The scale of a weight of an FP8 release (W_scale_inv), and the weight_block_size it applies to."""
+    """The scale of a weight of a release of scaled codes (W_scale_inv, or compressed-tensors' W_scale), and the
+    block it applies to."""
     tensor: TensorInfo
     block: tuple[int, int] | None  # rows, columns; None: one scale per tensor, or per row
 
@@ -268,7 +269,7 @@ class ModelFolder:
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows start:stop of the tensor (rows of its last axis), read into a new array (not memory-mapped:
         mapped pages would count in the process's resident memory): the whole tensor in its own shape, or a
-        matrix of the rows. BF16 comes back as its uint16 bits; a weight of an FP8 release as its values, float32."""
+        matrix of the rows. BF16 comes back as its uint16 bits; a scaled weight (FP8, W8A8) as its values, float32."""
         self.check_dtype(name)
         t = self.tensors[name]
         whole = start == 0 and stop is None
@@ -280,7 +281,7 @@ class ModelFolder:
         return data.reshape(t.shape if whole else (-1, t.shape[-1]))
 
     def value_dtype(self, name: str) -> str:
-        """The dtype of what read() gives: F32 for a weight of an FP8 release (its values), else the stored one."""
+        """The dtype of what read() gives: F32 for a scaled weight (its values), else the stored one."""
         return "F32" if name in self.scales else self.tensors[name].dtype
 
     def _scale_rows(self, weight: TensorInfo, scale: Scale, start: int, stop: int) -> np.ndarray:
